@@ -1,0 +1,2 @@
+//! bhyve: the device model and machine that run a vmm instance.
+pub mod bus;
