@@ -1,1 +1,2 @@
-//! vmm-core
+//! vmm-core: the vmm.ko analogue.
+pub mod io;
