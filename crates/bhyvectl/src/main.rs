@@ -57,7 +57,10 @@ fn cli() -> Command {
                 .help("vCPU number (default 0)"),
         )
         .arg(flag("create", "Create the VM"))
-        .arg(flag("destroy", "Destroy the VM (stopping it first if it runs)"))
+        .arg(flag(
+            "destroy",
+            "Destroy the VM (stopping it first if it runs)",
+        ))
         .arg(flag("list", "List every VM: memory, vCPUs, state"))
         .arg(flag("json", "With --list: print JSON"))
         .arg(flag("get-all", "Print every register of the vCPU"))
@@ -67,7 +70,10 @@ fn cli() -> Command {
         .arg(flag("get-memmap", "Print the guest memory map"))
         .arg(flag("get-memseg", "Print the memory segments"))
         .arg(flag("force-reset", "Force a reset of the running VM"))
-        .arg(flag("force-poweroff", "Force a power-off of the running VM"))
+        .arg(flag(
+            "force-poweroff",
+            "Force a power-off of the running VM",
+        ))
         .arg(flag("inject-nmi", "Inject an NMI into the vCPU"))
         .arg(
             Arg::new("set-mem")
@@ -76,18 +82,24 @@ fn cli() -> Command {
                 .help("Give the VM memory (MiB, rounded up to 2 MiB)"),
         )
         .arg(Arg::new("desc-base").long("desc-base").value_name("BASE"))
-        .arg(Arg::new("desc-limit").long("desc-limit").value_name("LIMIT"))
-        .arg(Arg::new("desc-access").long("desc-access").value_name("ACCESS"));
+        .arg(
+            Arg::new("desc-limit")
+                .long("desc-limit")
+                .value_name("LIMIT"),
+        )
+        .arg(
+            Arg::new("desc-access")
+                .long("desc-access")
+                .value_name("ACCESS"),
+        );
     for r in reg_opts() {
         let n = r.name();
-        c = c
-            .arg(flag_owned(format!("get-{n}")).hide(true))
-            .arg(
-                Arg::new(format!("set-{n}"))
-                    .long(format!("set-{n}"))
-                    .value_name("VALUE")
-                    .hide(true),
-            );
+        c = c.arg(flag_owned(format!("get-{n}")).hide(true)).arg(
+            Arg::new(format!("set-{n}"))
+                .long(format!("set-{n}"))
+                .value_name("VALUE")
+                .hide(true),
+        );
     }
     for s in SegReg::ALL {
         let n = s.name();
@@ -107,7 +119,10 @@ fn cli() -> Command {
 }
 
 fn flag(name: &'static str, help: &'static str) -> Arg {
-    Arg::new(name).long(name).action(ArgAction::SetTrue).help(help)
+    Arg::new(name)
+        .long(name)
+        .action(ArgAction::SetTrue)
+        .help(help)
 }
 
 fn flag_owned(name: String) -> Arg {
@@ -132,7 +147,12 @@ fn print_reg(vcpu: usize, r: VmReg, v: u64) {
 fn print_desc(vcpu: usize, s: SegReg, d: SegDesc) {
     match s {
         SegReg::Gdtr | SegReg::Idtr => {
-            println!("{}[{vcpu}]\t\t0x{:016x}/0x{:08x}", s.name(), d.base, d.limit)
+            println!(
+                "{}[{vcpu}]\t\t0x{:016x}/0x{:08x}",
+                s.name(),
+                d.base,
+                d.limit
+            )
         }
         _ => println!(
             "{} desc[{vcpu}]\t0x{:016x}/0x{:08x}/0x{:08x}",
@@ -184,7 +204,10 @@ fn run(m: &ArgMatches) -> Result<(), CtlError> {
     }
     let name = m.get_one::<String>("vm").ok_or(CtlError::NoVm)?.clone();
     let vcpu = {
-        let s = m.get_one::<String>("cpu").map(String::as_str).unwrap_or("0");
+        let s = m
+            .get_one::<String>("cpu")
+            .map(String::as_str)
+            .unwrap_or("0");
         parse_num("cpu", s)? as usize
     };
     if on(m, "create") {
@@ -238,7 +261,7 @@ fn run(m: &ArgMatches) -> Result<(), CtlError> {
     if on(m, "get-memseg") {
         println!("ID  Length      Name");
         if let Some(l) = ctx.vm_get_memory_layout()? {
-            println!("{:<4}{:<12}{}", 0, vmmapi::humanize(l.size()), "sysmem");
+            println!("{:<4}{:<12}sysmem", 0, vmmapi::humanize(l.size()));
         }
     }
     if on(m, "get-memmap") {
@@ -289,7 +312,8 @@ fn run(m: &ArgMatches) -> Result<(), CtlError> {
             }
         }
         for s in SegReg::ALL {
-            let plain = matches!(s, SegReg::Gdtr | SegReg::Idtr) && on(m, &format!("get-{}", s.name()));
+            let plain =
+                matches!(s, SegReg::Gdtr | SegReg::Idtr) && on(m, &format!("get-{}", s.name()));
             if all || plain || on(m, &format!("get-desc-{}", s.name())) {
                 print_desc(vcpu, s, st.desc(s));
             }
@@ -318,6 +342,10 @@ fn run(m: &ArgMatches) -> Result<(), CtlError> {
 }
 
 fn main() -> ExitCode {
+    // Like a C tool, die quietly when the reader of our output goes away
+    // (`bhyvectl --get-all | head`) instead of panicking in println!.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let m = match cli().try_get_matches() {
         Ok(m) => m,
         Err(e) => {

@@ -41,7 +41,11 @@ fn bits(list: &[u32]) -> u32 {
 }
 
 /// Rewrite KVM's supported table into the table vCPU `vcpu_id` sees.
-pub fn bhyve_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u32, o: CpuidOpts) -> Vec<kvm_cpuid_entry2> {
+pub fn bhyve_cpuid(
+    supported: &[kvm_cpuid_entry2],
+    vcpu_id: u32,
+    o: CpuidOpts,
+) -> Vec<kvm_cpuid_entry2> {
     let t = o.topology;
     let threads = t.threads.max(1);
     let cores = t.cores.max(1);
@@ -107,7 +111,11 @@ pub fn bhyve_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u32, o: CpuidOpts) -
                 };
                 e.eax = shift;
                 e.ebx = count;
-                e.ecx = if kind == 0 { e.index } else { (kind << 8) | e.index };
+                e.ecx = if kind == 0 {
+                    e.index
+                } else {
+                    (kind << 8) | e.index
+                };
                 e.edx = vcpu_id;
             }
             0x8000_0001 => {
@@ -124,12 +132,14 @@ pub fn bhyve_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u32, o: CpuidOpts) -
         }
         out.push(e);
     }
-    let sig = |i: usize| u32::from_le_bytes([
-        BHYVE_SIGNATURE[i],
-        BHYVE_SIGNATURE[i + 1],
-        BHYVE_SIGNATURE[i + 2],
-        BHYVE_SIGNATURE[i + 3],
-    ]);
+    let sig = |i: usize| {
+        u32::from_le_bytes([
+            BHYVE_SIGNATURE[i],
+            BHYVE_SIGNATURE[i + 1],
+            BHYVE_SIGNATURE[i + 2],
+            BHYVE_SIGNATURE[i + 3],
+        ])
+    };
     out.push(kvm_cpuid_entry2 {
         function: 0x4000_0000,
         eax: MAX_HV_LEAF,
@@ -148,7 +158,11 @@ pub fn bhyve_cpuid(supported: &[kvm_cpuid_entry2], vcpu_id: u32, o: CpuidOpts) -
 }
 
 fn ceil_log2(n: u32) -> u32 {
-    if n <= 1 { 0 } else { 32 - (n - 1).leading_zeros() }
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
 }
 
 #[cfg(test)]
@@ -204,7 +218,14 @@ mod tests {
         assert_eq!(hv.eax, 0x4000_0001);
         assert_eq!(v.iter().filter(|e| e.function == 0x4000_0000).count(), 1);
         assert_eq!(find(&v, 0x8000_0001, 0).ecx & (1 << 2), 0, "no SVM");
-        let x = bhyve_cpuid(&sup, 0, CpuidOpts { x2apic: true, ..Default::default() });
+        let x = bhyve_cpuid(
+            &sup,
+            0,
+            CpuidOpts {
+                x2apic: true,
+                ..Default::default()
+            },
+        );
         assert_ne!(find(&x, 1, 0).ecx & (1 << 21), 0);
     }
 

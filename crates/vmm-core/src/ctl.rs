@@ -31,7 +31,9 @@ pub enum Request {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reply", rename_all = "snake_case")]
+// Externally tagged: an internally tagged enum buffers its content and then
+// cannot read the integer map keys of `VcpuState::msrs` back.
+#[serde(rename_all = "snake_case")]
 pub enum Response {
     State {
         vcpus: Vec<VcpuState>,
@@ -60,7 +62,8 @@ pub fn request(inst: &Instance, req: &Request) -> Result<Response> {
         .map_err(|e| err(e.to_string()))?;
     let mut line = serde_json::to_vec(req).map_err(|e| err(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| err(format!("sending: {e}")))?;
+    s.write_all(&line)
+        .map_err(|e| err(format!("sending: {e}")))?;
     let mut resp = String::new();
     BufReader::new(s)
         .read_line(&mut resp)
@@ -86,7 +89,9 @@ pub fn serve(
                 let Ok(mut conn) = conn else { continue };
                 let _ = conn.set_read_timeout(Some(TIMEOUT));
                 let mut line = String::new();
-                let Ok(clone) = conn.try_clone() else { continue };
+                let Ok(clone) = conn.try_clone() else {
+                    continue;
+                };
                 if BufReader::new(clone).read_line(&mut line).is_err() {
                     continue;
                 }
@@ -128,6 +133,15 @@ mod tests {
                 request(&i, &Request::InjectNmi { vcpu: 0 }).unwrap(),
                 Response::Ok
             );
+            let mut st = VcpuState::default();
+            st.msrs
+                .insert(crate::vcpu_state::msr::LSTAR, 0xffff_8000_0000_1000);
+            let resp = Response::State {
+                vcpus: vec![st],
+                stats: vec![vec![("exits".into(), 3)]],
+            };
+            let line = serde_json::to_string(&resp).unwrap();
+            assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), resp);
             assert!(matches!(
                 request(&i, &Request::Destroy).unwrap(),
                 Response::Err { .. }

@@ -336,7 +336,11 @@ impl Instance {
             })
             .collect();
         let gm = GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| {
-            Error::io(&self.name, "mapping memory", io::Error::other(e.to_string()))
+            Error::io(
+                &self.name,
+                "mapping memory",
+                io::Error::other(e.to_string()),
+            )
         })?;
         Ok((layout, gm))
     }

@@ -150,7 +150,11 @@ mod tests {
         let l = MemLayout::new(4 * GB + 512 * MB).unwrap();
         assert_eq!(l.gpa_to_offset(0, 4096), Some(0));
         assert_eq!(l.gpa_to_offset(3 * GB - 8, 8), Some(3 * GB - 8));
-        assert_eq!(l.gpa_to_offset(3 * GB - 8, 16), None, "crosses into the hole");
+        assert_eq!(
+            l.gpa_to_offset(3 * GB - 8, 16),
+            None,
+            "crosses into the hole"
+        );
         assert_eq!(l.gpa_to_offset(3 * GB, 1), None, "in the hole");
         assert_eq!(l.gpa_to_offset(4 * GB, 8), Some(3 * GB));
         assert_eq!(

@@ -48,7 +48,9 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         let long = "a".repeat(32);
-        for n in ["", &long, "a/b", ".hidden", "-x", "sp ace", "nul\0", "ü", ".."] {
+        for n in [
+            "", &long, "a/b", ".hidden", "-x", "sp ace", "nul\0", "ü", "..",
+        ] {
             let e = validate(n).unwrap_err();
             assert!(matches!(e, Error::BadName { .. }), "{n}: {e}");
         }

@@ -20,8 +20,8 @@ use std::time::Duration;
 use kvm_bindings::{
     CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
     KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY, Msrs,
-    kvm_dtable, kvm_fpu, kvm_msi, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment,
-    kvm_sregs, kvm_userspace_memory_region,
+    kvm_dtable, kvm_fpu, kvm_msi, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -350,10 +350,10 @@ impl VmHandle {
 
     /// `vm_suspend`: the first reason wins; every vCPU is kicked out.
     pub fn suspend(&self, how: Suspend) {
-        let _ = self
-            .shared
-            .suspend
-            .compare_exchange(0, how.code(), Ordering::SeqCst, Ordering::SeqCst);
+        let _ =
+            self.shared
+                .suspend
+                .compare_exchange(0, how.code(), Ordering::SeqCst, Ordering::SeqCst);
         self.kick_all();
     }
 
@@ -529,8 +529,12 @@ impl Vcpu {
         sregs.cr3 = s.cr3;
         sregs.cr4 = s.cr4;
         sregs.efer = s.efer;
-        self.fd.set_sregs(&sregs).map_err(kvm_err("setting sregs"))?;
-        self.fd.set_regs(&regs).map_err(kvm_err("setting registers"))?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(kvm_err("setting sregs"))?;
+        self.fd
+            .set_regs(&regs)
+            .map_err(kvm_err("setting registers"))?;
         let entries: Vec<kvm_msr_entry> = s
             .msrs
             .iter()
@@ -552,7 +556,10 @@ impl Vcpu {
                 source: kvm_ioctls::Error::new(libc::EINVAL),
             });
         }
-        let mut dregs = self.fd.get_debug_regs().map_err(kvm_err("reading debug regs"))?;
+        let mut dregs = self
+            .fd
+            .get_debug_regs()
+            .map_err(kvm_err("reading debug regs"))?;
         dregs.db = [s.dr[0], s.dr[1], s.dr[2], s.dr[3]];
         dregs.dr6 = s.dr[4];
         dregs.dr7 = s.dr[5];
@@ -579,8 +586,14 @@ impl Vcpu {
             what: "building MSR list",
             source: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
-        let n = self.fd.get_msrs(&mut msrs).map_err(kvm_err("reading MSRs"))?;
-        let d = self.fd.get_debug_regs().map_err(kvm_err("reading debug regs"))?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(kvm_err("reading MSRs"))?;
+        let d = self
+            .fd
+            .get_debug_regs()
+            .map_err(kvm_err("reading debug regs"))?;
         Ok(VcpuState {
             gprs: [
                 r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11,
@@ -670,7 +683,10 @@ impl Vcpu {
     /// After a kick: is this vCPU halted for good (HLT with IF=0, or an AP
     /// never started)?  If every vCPU is, suspend the VM with `Halt`.
     fn check_halt(&self) -> Result<()> {
-        let mp = self.fd.get_mp_state().map_err(kvm_err("reading MP state"))?;
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map_err(kvm_err("reading MP state"))?;
         let idle = match mp.mp_state {
             KVM_MP_STATE_HALTED => {
                 let r = self.fd.get_regs().map_err(kvm_err("reading registers"))?;
@@ -840,7 +856,11 @@ impl Vcpu {
     }
 
     fn internal_error(&mut self) -> Result<VmExit> {
-        let rip = self.fd.get_regs().map_err(kvm_err("reading registers"))?.rip;
+        let rip = self
+            .fd
+            .get_regs()
+            .map_err(kvm_err("reading registers"))?
+            .rip;
         let run = self.fd.get_kvm_run();
         // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is
         // the active union member.
@@ -857,7 +877,10 @@ impl Vcpu {
         let mut insn = Vec::new();
         if nd >= 3 && ie.data[0] & 1 != 0 {
             let len = (ie.data[2] as usize).min(15);
-            let bytes: Vec<u8> = ie.data[3..nd].iter().flat_map(|w| w.to_le_bytes()).collect();
+            let bytes: Vec<u8> = ie.data[3..nd]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
             insn = bytes[..len.min(bytes.len())].to_vec();
         }
         Ok(VmExit::InstEmulFail { rip, insn })

@@ -99,8 +99,10 @@ pub fn vm_destroy(name: &str) -> Result<()> {
                         // SAFETY: kill(2) with a pid read from the instance.
                         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                     }
-                    wait_for_run_lock(&ctx.inst, Duration::from_secs(5))
-                        .ok_or(Error::Busy { name: name.into(), pid })?
+                    wait_for_run_lock(&ctx.inst, Duration::from_secs(5)).ok_or(Error::Busy {
+                        name: name.into(),
+                        pid,
+                    })?
                 }
             }
         }
@@ -202,16 +204,13 @@ impl VmCtx {
 
     /// `vm_map_gpa` checks, then copy into guest memory.
     pub fn vm_copyin(&mut self, gpa: u64, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
         let (layout, gm) = self.memory()?;
-        let bad = Error::BadGpa {
-            gpa,
-            len: data.len() as u64,
-        };
-        layout.gpa_to_offset(gpa, data.len() as u64).ok_or_else(|| bad)?;
-        gm.write_slice(data, GuestAddress(gpa)).map_err(|_| Error::BadGpa {
-            gpa,
-            len: data.len() as u64,
-        })
+        layout
+            .gpa_to_offset(gpa, len)
+            .ok_or(Error::BadGpa { gpa, len })?;
+        gm.write_slice(data, GuestAddress(gpa))
+            .map_err(|_| Error::BadGpa { gpa, len })
     }
 
     /// Copy out of guest memory.
@@ -334,9 +333,11 @@ impl VmCtx {
                 return Ok(stats.get(vcpu).cloned().unwrap_or_default());
             }
         }
-        Ok(st.stats.get(vcpu).cloned().unwrap_or_else(|| {
-            STAT_NAMES.iter().map(|n| (n.to_string(), 0)).collect()
-        }))
+        Ok(st
+            .stats
+            .get(vcpu)
+            .cloned()
+            .unwrap_or_else(|| STAT_NAMES.iter().map(|n| (n.to_string(), 0)).collect()))
     }
 
     fn ask_runner(&self, req: &Request) -> Result<()> {
