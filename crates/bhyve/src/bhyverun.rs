@@ -1,0 +1,229 @@
+//! bhyverun: run an instance — build the VM from the instance, start a
+//! thread per vCPU and dispatch their exits to the buses (`vm_loop` and the
+//! `vmexit_*` handlers of bhyverun.c), then write the final state back.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmmapi::{Suspend, Vcpu, VcpuState, VmEntry, VmExit, VmHandle};
+
+use crate::inout::InoutBus;
+use crate::mem::MemBus;
+
+/// bhyve(8) exit statuses.
+pub const EXIT_RESET: u8 = 0;
+pub const EXIT_POWEROFF: u8 = 1;
+pub const EXIT_HALT: u8 = 2;
+pub const EXIT_TRIPLEFAULT: u8 = 3;
+pub const EXIT_ERROR: u8 = 4;
+
+/// What every vCPU thread shares.
+#[derive(Debug)]
+pub struct Machine {
+    pub inout: InoutBus,
+    pub mem: MemBus,
+    /// `-e`: unclaimed port I/O stops the VM.
+    pub strictio: bool,
+    /// The first fatal error; the VM is suspended when it is set.
+    error: Mutex<Option<String>>,
+    handle: VmHandle,
+}
+
+impl Machine {
+    pub fn new(handle: VmHandle, strictio: bool) -> Machine {
+        Machine {
+            inout: InoutBus::new(),
+            mem: MemBus::new(),
+            strictio,
+            error: Mutex::new(None),
+            handle,
+        }
+    }
+
+    pub fn handle(&self) -> &VmHandle {
+        &self.handle
+    }
+
+    /// Stop the VM with an error (exit status 4).
+    pub fn fail(&self, msg: String) {
+        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if e.is_none() {
+            *e = Some(msg);
+        }
+        drop(e);
+        self.handle.suspend(Suspend::Destroy);
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `vmexit_inout`.
+    fn inout(&self, vcpu: usize, port: u16, bytes: u8, out: bool, value: u32) -> VmEntry {
+        let n = (bytes as usize).clamp(1, 4);
+        if out {
+            let b = value.to_le_bytes();
+            if self.inout.write(port, &b[..n]).is_none() && self.strictio {
+                self.fail(format!(
+                    "vcpu {vcpu}: unhandled out{} {port:#x} value {value:#x}",
+                    suffix(n)
+                ));
+            }
+            VmEntry::Run
+        } else {
+            let mut b = [0xffu8; 4];
+            if self.inout.read(port, &mut b[..n]).is_none() {
+                if self.strictio {
+                    self.fail(format!("vcpu {vcpu}: unhandled in{} {port:#x}", suffix(n)));
+                }
+                b = [0xff; 4];
+            }
+            VmEntry::InComplete(u32::from_le_bytes(b))
+        }
+    }
+
+    /// `vmexit_mmio` (KVM decoded the instruction for us).
+    fn mmio(&self, gpa: u64, bytes: u8, write: bool, value: u64) -> VmEntry {
+        let n = (bytes as usize).clamp(1, 8);
+        if write {
+            let b = value.to_le_bytes();
+            let _ = self.mem.write(gpa, &b[..n]);
+            VmEntry::Run
+        } else {
+            let mut b = [0xffu8; 8];
+            if self.mem.read(gpa, &mut b[..n]).is_none() {
+                b = [0xff; 8];
+            }
+            VmEntry::MmioReadComplete(u64::from_le_bytes(b))
+        }
+    }
+}
+
+fn suffix(n: usize) -> &'static str {
+    match n {
+        1 => "b",
+        2 => "w",
+        _ => "l",
+    }
+}
+
+/// The instructions this host's KVM refuses to emulate but a guest may
+/// legitimately run: (bytes, what to do).  Completed here and counted.
+fn finish_emulation(vcpu: &Vcpu, insn: &[u8]) -> Option<&'static str> {
+    let mut st = vcpu.get_state().ok()?;
+    let (len, name) = match insn {
+        [0x9b, ..] => (1, "fwait"),
+        [0x0f, 0x01, 0xca, ..] => {
+            st.rflags &= !(1 << 18);
+            (3, "clac")
+        }
+        [0x0f, 0x01, 0xcb, ..] => {
+            st.rflags |= 1 << 18;
+            (3, "stac")
+        }
+        _ => return None,
+    };
+    st.rip = st.rip.wrapping_add(len);
+    vcpu.set_state(&st).ok()?;
+    Some(name)
+}
+
+/// `vm_loop`: run one vCPU until the VM is suspended; returns its final
+/// state.
+pub fn vcpu_loop(m: &Machine, mut vcpu: Vcpu) -> Option<VcpuState> {
+    let id = vcpu.id();
+    let mut entry = VmEntry::Run;
+    loop {
+        match vcpu.run(entry) {
+            Ok(VmExit::Inout {
+                port,
+                bytes,
+                out,
+                value,
+            }) => entry = m.inout(id, port, bytes, out, value),
+            Ok(VmExit::Mmio {
+                gpa,
+                bytes,
+                write,
+                value,
+            }) => entry = m.mmio(gpa, bytes, write, value),
+            Ok(VmExit::Suspended(_)) => break,
+            Ok(VmExit::InstEmulFail { rip, insn }) => {
+                entry = VmEntry::Run;
+                if finish_emulation(&vcpu, &insn).is_none() {
+                    let hex: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
+                    m.fail(format!(
+                        "vcpu {id}: instruction emulation failed at rip {rip:#x} (bytes: {})",
+                        if hex.is_empty() {
+                            "unknown".to_string()
+                        } else {
+                            hex.join(" ")
+                        }
+                    ));
+                }
+            }
+            Ok(VmExit::Unhandled(what)) => {
+                m.fail(format!("vcpu {id}: unhandled exit: {what}"));
+                entry = VmEntry::Run;
+            }
+            Err(e) => {
+                m.fail(format!("vcpu {id}: {e}"));
+                break;
+            }
+        }
+    }
+    vcpu.get_state().ok()
+}
+
+/// Run every vCPU on its own thread until the VM stops.  Returns each
+/// vCPU's final state, in order.
+pub fn run_vcpus(m: &Arc<Machine>, vcpus: Vec<Vcpu>) -> Vec<Option<VcpuState>> {
+    let mut threads = Vec::new();
+    for v in vcpus {
+        let m2 = m.clone();
+        let id = v.id();
+        match std::thread::Builder::new()
+            .name(format!("vcpu {id}"))
+            .spawn(move || vcpu_loop(&m2, v))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => m.fail(format!("starting vcpu {id} thread: {e}")),
+        }
+    }
+    if let Err(e) = m.handle().spawn_halt_watcher(Duration::from_millis(100)) {
+        m.fail(format!("starting halt watcher: {e}"));
+    }
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(None))
+        .collect()
+}
+
+/// The exit status for how the VM stopped.
+pub fn exit_status(how: Option<Suspend>, error: bool) -> u8 {
+    if error {
+        return EXIT_ERROR;
+    }
+    match how {
+        Some(Suspend::Reset) => EXIT_RESET,
+        Some(Suspend::Poweroff) => EXIT_POWEROFF,
+        Some(Suspend::Halt) => EXIT_HALT,
+        Some(Suspend::Triplefault) => EXIT_TRIPLEFAULT,
+        Some(Suspend::Destroy) | None => EXIT_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_follow_bhyve() {
+        assert_eq!(exit_status(Some(Suspend::Reset), false), 0);
+        assert_eq!(exit_status(Some(Suspend::Poweroff), false), 1);
+        assert_eq!(exit_status(Some(Suspend::Halt), false), 2);
+        assert_eq!(exit_status(Some(Suspend::Triplefault), false), 3);
+        assert_eq!(exit_status(Some(Suspend::Poweroff), true), 4);
+        assert_eq!(exit_status(None, false), 4);
+    }
+}
