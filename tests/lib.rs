@@ -1,1 +1,94 @@
-//! test support
+//! Support for the end-to-end tests: locate the built binaries, give every
+//! test process a private vmm directory (`VMM_DIR`), insist on /dev/kvm.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Once;
+
+/// The directory holding the workspace's binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("target dir").to_path_buf()
+}
+
+/// Path of a workspace binary; fails clearly if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` (cargo test --workspace does it)",
+        p.display()
+    );
+    p
+}
+
+static INIT: Once = Once::new();
+
+/// This process's private vmm directory, also exported as VMM_DIR so that
+/// in-process vmmapi calls and child processes use it.
+pub fn vmm_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bhyve-rs-test-{}", std::process::id()));
+    INIT.call_once(|| {
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create VMM_DIR");
+        // SAFETY: set once, before any test thread reads the environment.
+        unsafe { std::env::set_var("VMM_DIR", &d) };
+    });
+    d
+}
+
+/// Boot tests need KVM: fail (never skip) with a message saying so.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!(
+            "/dev/kvm is not usable ({e}): this test runs guests on real KVM and cannot pass without it"
+        );
+    }
+}
+
+/// Run a binary with the test's VMM_DIR.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    let d = vmm_dir();
+    Command::new(bin(name))
+        .args(args)
+        .env("VMM_DIR", &d)
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Destroys the named instance when dropped, so a failing test cleans up.
+#[derive(Debug)]
+pub struct VmGuard(pub String);
+
+impl VmGuard {
+    /// Also sets up the private VMM_DIR, so in-process vmmapi calls made
+    /// after this never reach the host's /dev/vmm.
+    pub fn new(name: &str) -> VmGuard {
+        vmm_dir();
+        VmGuard(name.to_string())
+    }
+}
+
+impl Drop for VmGuard {
+    fn drop(&mut self) {
+        let _ = vmm_dir();
+        let _ = vmmapi::vm_destroy(&self.0);
+    }
+}
+
+pub fn exists(name: &str) -> bool {
+    Path::new(&vmm_dir()).join(name).exists()
+}
