@@ -202,6 +202,14 @@ impl VmCtx {
         self.inst.memory_resident()
     }
 
+    /// The instance's memory as a mapping this process can keep (cheap to
+    /// clone: regions are shared), with its layout; `vm_map_gpa` for
+    /// callers that touch memory a lot (the loader).
+    pub fn vm_guest_memory(&mut self) -> Result<(MemLayout, GuestMemoryMmap)> {
+        let (l, gm) = self.memory()?;
+        Ok((*l, gm.clone()))
+    }
+
     /// `vm_map_gpa` checks, then copy into guest memory.
     pub fn vm_copyin(&mut self, gpa: u64, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
