@@ -3,6 +3,30 @@
 //! the environment, the preload metadata and the amd64 handoff (page tables,
 //! GDT, boot stack).  Pure: it reads through [`libsa::FileSystem`] and writes
 //! guest memory through [`GuestPhys`], so it is testable without a VM.
+//!
+//! bhyveload drives it through [`Interp`]: `Interp::new`, `read_conf`, then
+//! either `autoboot`-style `exec("boot", mem)` or a prompt loop feeding each
+//! line to `exec`.  A successful boot returns a [`Handoff`] holding the
+//! register values to pass to `vm_setup_freebsd_registers`.
+
+pub mod autoboot;
+pub mod conf;
+pub mod elf;
+pub mod env;
+mod error;
+pub mod handoff;
+pub mod howto;
+pub mod interp;
+pub mod loader;
+pub mod metadata;
+pub mod rootmount;
+
+pub use autoboot::Autoboot;
+pub use env::Env;
+pub use error::Error;
+pub use handoff::Handoff;
+pub use interp::{Action, BootParams, Console, Interp};
+pub use loader::{LoadedFile, MemLimits};
 
 /// Guest-physical memory as the loader sees it (bhyveload's `copyin` /
 /// `copyout` callbacks).  An address outside RAM is an error, not a silent
@@ -22,4 +46,21 @@ pub trait GuestPhys {
 pub struct GuestMemError {
     pub gpa: u64,
     pub len: u64,
+}
+
+/// The loader's page size (`PAGE_SIZE` on amd64).
+pub const PAGE_SIZE: u64 = 4096;
+
+/// `roundup(x, align)` with overflow reported as `None`; `align` 0 acts as 1
+/// (a section with `sh_addralign` 0 has no alignment constraint).
+pub(crate) fn roundup(x: u64, align: u64) -> Option<u64> {
+    if align <= 1 {
+        return Some(x);
+    }
+    let r = x % align;
+    if r == 0 {
+        Some(x)
+    } else {
+        x.checked_add(align - r)
+    }
 }
