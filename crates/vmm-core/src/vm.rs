@@ -185,6 +185,25 @@ fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + 1
 }
 
+/// Consume kick signals that are still pending. KVM_RUN returns EINTR with
+/// the kick pending but, once back in user space, blocked again by the
+/// thread's mask: left there it would end every later KVM_RUN at once (as
+/// QEMU's `kvm_eat_signals` explains).
+fn eat_kicks() {
+    // SAFETY: signal-set calls on a local, initialised set; sigtimedwait
+    // with a zero timeout only dequeues signals of that set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, kick_signal());
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) > 0 {}
+    }
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -726,6 +745,7 @@ impl Vcpu {
             let exit = match self.fd.run() {
                 Ok(e) => e,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    eat_kicks();
                     self.stat(STAT_KICK);
                     self.check_halt()?;
                     continue;
