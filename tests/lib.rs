@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: locate the built binaries, give every
 //! test process a private vmm directory (`VMM_DIR`), insist on /dev/kvm.
 
+pub mod guest;
+pub mod images;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
