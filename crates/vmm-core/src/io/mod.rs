@@ -12,6 +12,7 @@
 
 pub mod vhpet;
 pub mod vpmtmr;
+pub mod vrtc;
 
 /// Where these devices send interrupts: global system interrupts (I/O APIC
 /// pins; under KVM an ISA GSI below 16 also reaches the 8259, which is what
