@@ -913,7 +913,7 @@ mod tests {
 
     #[test]
     fn segment_conversion_round_trips() {
-        for access in [0x209b, 0x93, 0x8b, 0x10000, 0xc09b, 0x1f3] {
+        for access in [0x209b, 0x93, 0x8b, 0x10000, 0xc09b, 0xf3] {
             let s = Segment {
                 sel: 0x10,
                 desc: SegDesc {

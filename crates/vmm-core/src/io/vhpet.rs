@@ -210,6 +210,13 @@ impl Vhpet {
     /// period boundary past `counter`.
     fn adjust_compval(&mut self, n: usize, counter: u32) {
         let t = &mut self.timers[n];
+        // A comparator still ahead of the counter is the next match already.
+        // bhyve's formula assumes it is behind (it is called after a fire)
+        // and would wrap it to a value just past the counter.
+        let ahead = t.compval.wrapping_sub(counter);
+        if ahead != 0 && ahead < 1 << 31 {
+            return;
+        }
         let periods = counter.wrapping_sub(t.compval) / t.comprate;
         t.compval = t
             .compval
@@ -552,12 +559,17 @@ mod tests {
         wr8(&mut h, T0_CNF, 20 << 9 | HPET_TCNF_INT_ENB, t0);
         assert_eq!(rd8(&h, T0_CNF, t0), cap | 20 << 9 | HPET_TCNF_INT_ENB);
         // Route 5 is not: replaced by 0.  RO bits and 32MODE cannot change.
-        wr8(&mut h, T0_CNF, !HPET_TCNF_INT_ROUTE | 5 << 9, t0);
+        wr8(&mut h, T0_CNF, !(HPET_TCNF_INT_ROUTE | HPET_TCNF_FSB_EN) | 5 << 9, t0);
         let v = rd8(&h, T0_CNF, t0);
         assert_eq!(v & HPET_TCAP_RO_MASK, cap);
         assert_eq!(v & HPET_TCNF_INT_ROUTE, 0);
         assert_eq!(v & HPET_TCNF_32MODE, 0);
+        // With FSB (MSI) delivery on, the route is not an I/O APIC pin and
+        // is kept as written, as vhpet_timer_ioapic_pin() says.
+        wr8(&mut h, T0_CNF, HPET_TCNF_FSB_EN | 5 << 9, t0);
+        let v = rd8(&h, T0_CNF, t0);
         assert_ne!(v & HPET_TCNF_FSB_EN, 0);
+        assert_eq!(v & HPET_TCNF_INT_ROUTE, 5 << 9);
         // 32-pin I/O APIC routes 24-31; a small one routes nothing.
         let (h32, _, _) = setup(32);
         assert_eq!(rd8(&h32, T0_CNF, t0) >> 32, 0xFF00_0000);
@@ -650,13 +662,13 @@ mod tests {
         assert_eq!(h.timers[0].comprate, 50);
 
         wr8(&mut h, HPET_CONFIG, HPET_CNF_ENABLE, t0);
-        // Starting at counter 0 with compval 100 and period 50, the
-        // comparator lands on the first boundary past the counter: 50.
-        assert_eq!(h.next_deadline(), Some(t0 + us(5)));
-        h.tick(t0 + us(5));
-        assert_eq!(rec.take(), vec![IrqEvent::Pulse(20)]);
-        assert_eq!(rd8(&h, T0_CMP, t0 + us(5)), 100);
+        // Starting at counter 0, the first match is the comparator the
+        // guest wrote (100); then every period (50) after it.
         assert_eq!(h.next_deadline(), Some(t0 + us(10)));
+        h.tick(t0 + us(10));
+        assert_eq!(rec.take(), vec![IrqEvent::Pulse(20)]);
+        assert_eq!(rd8(&h, T0_CMP, t0 + us(10)), 150);
+        assert_eq!(h.next_deadline(), Some(t0 + us(15)));
         // A late tick skips the missed periods instead of bursting.
         h.tick(t0 + us(27));
         assert_eq!(rec.take(), vec![IrqEvent::Pulse(20)]);
