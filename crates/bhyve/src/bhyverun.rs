@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use vmmapi::{Suspend, Vcpu, VcpuState, VmEntry, VmExit, VmHandle};
 
-use crate::inout::InoutBus;
+use crate::inout::{InoutBus, Unhandled};
 use crate::mem::MemBus;
 
 /// bhyve(8) exit statuses.
@@ -58,26 +58,43 @@ impl Machine {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// `vmexit_inout`.
+    /// `vmexit_inout`.  Unclaimed ports act as bhyve's default handler
+    /// (all ones, writes dropped) unless `-e`; an access a device refuses
+    /// aborts the VM as in bhyve, `-e` or not.
     fn inout(&self, vcpu: usize, port: u16, bytes: u8, out: bool, value: u32) -> VmEntry {
         let n = (bytes as usize).clamp(1, 4);
-        if out {
-            let b = value.to_le_bytes();
-            if self.inout.write(port, &b[..n]).is_none() && self.strictio {
+        let mut b = if out {
+            value.to_le_bytes()
+        } else {
+            [0xffu8; 4]
+        };
+        let r = if out {
+            self.inout.write(port, &b[..n])
+        } else {
+            self.inout.read(port, &mut b[..n])
+        };
+        let why = match r {
+            Ok(()) => None,
+            Err(Unhandled::Unclaimed) if self.strictio => Some("unhandled".to_string()),
+            Err(Unhandled::Unclaimed) => {
+                b = [0xff; 4];
+                None
+            }
+            Err(Unhandled::Refused(dev)) => Some(format!("{dev} refused")),
+        };
+        if let Some(why) = why {
+            if out {
                 self.fail(format!(
-                    "vcpu {vcpu}: unhandled out{} {port:#x} value {value:#x}",
+                    "vcpu {vcpu}: {why} out{} {port:#x} value {value:#x}",
                     suffix(n)
                 ));
+            } else {
+                self.fail(format!("vcpu {vcpu}: {why} in{} {port:#x}", suffix(n)));
             }
+        }
+        if out {
             VmEntry::Run
         } else {
-            let mut b = [0xffu8; 4];
-            if self.inout.read(port, &mut b[..n]).is_none() {
-                if self.strictio {
-                    self.fail(format!("vcpu {vcpu}: unhandled in{} {port:#x}", suffix(n)));
-                }
-                b = [0xff; 4];
-            }
             VmEntry::InComplete(u32::from_le_bytes(b))
         }
     }

@@ -5,11 +5,15 @@
 
 use std::sync::Arc;
 
+use vmmapi::Suspend;
+
 /// A device reached through I/O ports (bhyve's `inout` handlers).
-/// `port` is the absolute port; `data.len()` is 1, 2 or 4.
+/// `port` is the absolute port; `data.len()` is 1, 2 or 4.  Returning
+/// `false` refuses the access (a bhyve handler returning -1, e.g. a 16-bit
+/// register read with `inb`): bhyve aborts the VM on it.
 pub trait PioDevice: Send {
-    fn pio_read(&mut self, port: u16, data: &mut [u8]);
-    fn pio_write(&mut self, port: u16, data: &[u8]);
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) -> bool;
+    fn pio_write(&mut self, port: u16, data: &[u8]) -> bool;
 }
 
 /// A device reached through guest-physical MMIO (bhyve's `mem` handlers).
@@ -38,3 +42,6 @@ pub trait MsiSender: Send + Sync {
 
 /// A shareable interrupt line.
 pub type Irq = Arc<dyn IrqLine>;
+
+/// Stops the VM (`vm_suspend`): how reset and power-off devices end a run.
+pub type Suspender = Arc<dyn Fn(Suspend) + Send + Sync>;

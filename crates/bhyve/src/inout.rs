@@ -23,9 +23,18 @@ pub enum InoutError {
     Empty(u16),
 }
 
+/// Why an access was not done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unhandled {
+    /// No device claims the port (the default handler's case).
+    Unclaimed,
+    /// The named device refused the access (wrong width or direction).
+    Refused(Arc<str>),
+}
+
 struct Range {
     len: u16,
-    name: String,
+    name: Arc<str>,
     dev: SharedPio,
 }
 
@@ -80,7 +89,7 @@ impl InoutBus {
                     base,
                     end: end as u16,
                     name: name.into(),
-                    other: o.name.clone(),
+                    other: o.name.to_string(),
                 });
             }
         }
@@ -88,7 +97,7 @@ impl InoutBus {
             base,
             Range {
                 len,
-                name: name.into(),
+                name: Arc::from(name),
                 dev,
             },
         );
@@ -103,28 +112,42 @@ impl InoutBus {
             .remove(&base);
     }
 
-    fn find(&self, port: u16) -> Option<SharedPio> {
+    fn find(&self, port: u16) -> Result<(SharedPio, Arc<str>), Unhandled> {
         let r = self.ranges.read().unwrap_or_else(|e| e.into_inner());
-        let (&b, range) = r.range(..=port).next_back()?;
-        ((port as u32) < b as u32 + range.len as u32).then(|| range.dev.clone())
+        let (&b, range) = r.range(..=port).next_back().ok_or(Unhandled::Unclaimed)?;
+        if (port as u32) < b as u32 + range.len as u32 {
+            Ok((range.dev.clone(), range.name.clone()))
+        } else {
+            Err(Unhandled::Unclaimed)
+        }
     }
 
-    /// Dispatch an IN; `None` when nobody claims the port.
-    pub fn read(&self, port: u16, data: &mut [u8]) -> Option<()> {
-        let dev = self.find(port)?;
-        dev.lock()
+    /// Dispatch an IN.
+    pub fn read(&self, port: u16, data: &mut [u8]) -> Result<(), Unhandled> {
+        let (dev, name) = self.find(port)?;
+        let ok = dev
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pio_read(port, data);
-        Some(())
+        if ok {
+            Ok(())
+        } else {
+            Err(Unhandled::Refused(name))
+        }
     }
 
-    /// Dispatch an OUT; `None` when nobody claims the port.
-    pub fn write(&self, port: u16, data: &[u8]) -> Option<()> {
-        let dev = self.find(port)?;
-        dev.lock()
+    /// Dispatch an OUT.
+    pub fn write(&self, port: u16, data: &[u8]) -> Result<(), Unhandled> {
+        let (dev, name) = self.find(port)?;
+        let ok = dev
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pio_write(port, data);
-        Some(())
+        if ok {
+            Ok(())
+        } else {
+            Err(Unhandled::Refused(name))
+        }
     }
 }
 
@@ -137,11 +160,13 @@ mod tests {
         last: Vec<(u16, Vec<u8>)>,
     }
     impl PioDevice for Echo {
-        fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        fn pio_read(&mut self, port: u16, data: &mut [u8]) -> bool {
             data.fill(port as u8);
+            data.len() == 1
         }
-        fn pio_write(&mut self, port: u16, data: &[u8]) {
+        fn pio_write(&mut self, port: u16, data: &[u8]) -> bool {
             self.last.push((port, data.to_vec()));
+            true
         }
     }
 
@@ -151,14 +176,18 @@ mod tests {
         let d = Arc::new(Mutex::new(Echo::default()));
         bus.register(0x3f8, 8, "com1", d.clone()).unwrap();
         let mut b = [0u8; 1];
-        assert_eq!(bus.read(0x3fd, &mut b), Some(()));
+        assert_eq!(bus.read(0x3fd, &mut b), Ok(()));
         assert_eq!(b[0], 0xfd);
-        assert_eq!(bus.read(0x3f7, &mut b), None);
-        assert_eq!(bus.read(0x400, &mut b), None);
+        assert_eq!(bus.read(0x3f7, &mut b), Err(Unhandled::Unclaimed));
+        assert_eq!(bus.read(0x400, &mut b), Err(Unhandled::Unclaimed));
+        assert_eq!(
+            bus.read(0x3f8, &mut [0u8; 2]),
+            Err(Unhandled::Refused("com1".into()))
+        );
         bus.write(0x3f8, &[7]).unwrap();
         assert_eq!(d.lock().unwrap().last, vec![(0x3f8, vec![7])]);
         bus.unregister(0x3f8);
-        assert_eq!(bus.read(0x3f8, &mut b), None);
+        assert_eq!(bus.read(0x3f8, &mut b), Err(Unhandled::Unclaimed));
     }
 
     #[test]

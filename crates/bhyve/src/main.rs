@@ -248,10 +248,18 @@ fn run(c: Config) -> ExitCode {
         Ok(vm) => vm,
         Err(e) => return fatal(e),
     };
-    // Devices are not emulated yet (issue 4): the checked plan only
-    // guarantees that a bad backend fails before the VM is touched.
-    drop(plan);
+    let vm = Arc::new(vm);
     let machine = Arc::new(Machine::new(vm.handle(), strictio));
+    let h = vm.handle();
+    let attached = match devices::attach(
+        plan,
+        &machine.inout,
+        &|gsi| Arc::new(devices::IsaIrq::new(vm.clone(), gsi)),
+        Arc::new(move |how| h.suspend(how)),
+    ) {
+        Ok(a) => a,
+        Err(e) => return fatal(e),
+    };
     let mut vcpus = Vec::new();
     for i in 0..ncpus {
         let st = if i == 0 { state.vcpus.first() } else { None };
@@ -294,7 +302,7 @@ fn run(c: Config) -> ExitCode {
     if let Err(e) = served {
         return fatal(e);
     }
-    let signals = devices::handle_signals(&machine);
+    let signals = devices::handle_signals(&machine, attached.pm.clone());
     let finals = bhyverun::run_vcpus(&machine, vcpus);
     let how = vm.handle().suspended();
     let err = machine.error();

@@ -8,10 +8,10 @@ use nix::sys::termios::{self, SetArg, Termios};
 
 static SAVED: Mutex<Vec<(i32, Termios)>> = Mutex::new(Vec::new());
 
-/// Put `fd` in raw mode if it is a terminal, remembering how it was.
+/// Put `fd` in raw mode if it is a terminal, remembering how it was.  The
+/// fd must stay open until `restore` or `restore_fd` for it.
 pub fn make_raw(fd: i32) -> nix::Result<bool> {
-    // SAFETY: `fd` stays open for the life of the process (stdin or a
-    // console device bhyve keeps open).
+    // SAFETY: the caller keeps `fd` open until it is restored.
     let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     if !nix::unistd::isatty(bfd).unwrap_or(false) {
         return Ok(false);
@@ -35,11 +35,25 @@ pub fn restore() {
         Ok(mut g) => std::mem::take(&mut *g),
         Err(_) => return,
     };
-    for (fd, t) in saved {
-        // SAFETY: as in make_raw.
+    // Newest first: a terminal opened twice ends up as it was originally.
+    for (fd, t) in saved.into_iter().rev() {
+        // SAFETY: as in make_raw: every saved fd is still open.
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let _ = termios::tcsetattr(bfd, SetArg::TCSANOW, &t);
     }
+}
+
+/// Restore `fd` alone, before whoever owns it closes it.
+pub fn restore_fd(fd: i32) {
+    let mut saved = SAVED.lock().unwrap_or_else(|e| e.into_inner());
+    saved.retain(|(f, t)| {
+        if *f == fd {
+            // SAFETY: as in make_raw; the caller still holds `fd` open.
+            let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let _ = termios::tcsetattr(bfd, SetArg::TCSANOW, t);
+        }
+        *f != fd
+    });
 }
 
 /// Restore the terminal before the default panic message is printed.

@@ -1,0 +1,272 @@
+//! bhyve's first devices on real KVM: tiny hand-assembled real-mode guests
+//! print on COM1, read COM1 input, power off through PM1a_CNT and reset
+//! through 0xCF9 or the keyboard controller; bhyve under a pty leaves the
+//! terminal as it found it.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bhyve_rs_tests::*;
+use vmmapi::{SegDesc, SegReg, VmReg};
+
+const MB: u64 = 1 << 20;
+
+/// An instance whose BSP starts at 0:0x1000 in real mode running `code`.
+fn real_mode_vm(name: &str, code: &[u8]) -> VmGuard {
+    require_kvm();
+    let g = VmGuard::new(name);
+    vmmapi::vm_create(name).unwrap();
+    let mut ctx = vmmapi::vm_open(name).unwrap();
+    ctx.vm_setup_memory(16 * MB).unwrap();
+    ctx.vm_copyin(0x1000, code).unwrap();
+    ctx.vm_set_register(0, VmReg::Cs, 0).unwrap();
+    ctx.vm_set_desc(
+        0,
+        SegReg::Cs,
+        SegDesc {
+            base: 0,
+            limit: 0xffff,
+            access: 0x9b,
+        },
+    )
+    .unwrap();
+    ctx.vm_set_register(0, VmReg::Rip, 0x1000).unwrap();
+    g
+}
+
+fn bhyve(args: &[&str]) -> Command {
+    let mut c = Command::new(bin("bhyve"));
+    c.args(args).env("VMM_DIR", vmm_dir());
+    c
+}
+
+// Real-mode code pieces.
+/// mov dx, port
+fn mov_dx(port: u16) -> Vec<u8> {
+    let p = port.to_le_bytes();
+    vec![0xba, p[0], p[1]]
+}
+/// mov dx,0x3f8 then `mov al,c; out dx,al` per byte.
+fn print(s: &[u8]) -> Vec<u8> {
+    let mut v = mov_dx(0x3f8);
+    for &c in s {
+        v.extend_from_slice(&[0xb0, c, 0xee]);
+    }
+    v
+}
+/// PM1a_CNT = SLP_EN | SLP_TYP 5 (S5), then hlt.
+fn poweroff() -> Vec<u8> {
+    let mut v = mov_dx(0x404);
+    v.extend_from_slice(&[0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd]);
+    v
+}
+
+#[test]
+fn hello_on_com1_then_s5_poweroff() {
+    let mut code = print(b"hello\n");
+    code.extend(poweroff());
+    let _g = real_mode_vm("con0", &code);
+    let o = bhyve(&["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio", "con0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "hello\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "poweroff: {}", stderr(&o));
+    let l = run("bhyvectl", &["--vm=con0", "--list"]);
+    assert!(stdout(&l).contains("exited: poweroff"), "{}", stdout(&l));
+}
+
+#[test]
+fn reset_through_0xcf9_and_the_keyboard_controller() {
+    // mov al,6; mov dx,0xcf9; out dx,al; hlt
+    let mut code = vec![0xb0, 0x06];
+    code.extend(mov_dx(0xcf9));
+    code.extend_from_slice(&[0xee, 0xf4]);
+    let _g = real_mode_vm("con1", &code);
+    let o = bhyve(&["-m", "16M", "con1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "reset: {}", stderr(&o));
+    drop(_g);
+    // mov al,0xfe; out 0x64,al; hlt
+    let _g = real_mode_vm("con2", &[0xb0, 0xfe, 0xe6, 0x64, 0xf4]);
+    let o = bhyve(&["-m", "16M", "con2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "atkbdc reset: {}", stderr(&o));
+}
+
+#[test]
+fn com1_input_is_echoed_2013_command_line() {
+    // Poll LSR.DR, read RBR, write it back to THR, power off.
+    let mut code = mov_dx(0x3fd);
+    code.extend_from_slice(&[0xec, 0xa8, 0x01, 0x74, 0xfb]); // in; test al,1; jz
+    code.extend(mov_dx(0x3f8));
+    code.extend_from_slice(&[0xec, 0xee]); // in al,dx; out dx,al
+    code.extend(poweroff());
+    let _g = real_mode_vm("con3", &code);
+    let mut child = bhyve(&["-A", "-I", "-m", "16", "-S", "31,uart,stdio", "con3"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"Z").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "Z", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[test]
+fn com1_input_interrupt_reaches_the_guest() {
+    // Program the 8259 (vectors 8-15, only IRQ 4 unmasked), enable the RX
+    // interrupt, sti; hlt.  The IRQ 4 handler echoes the byte, powers off.
+    let mut code = Vec::new();
+    for (port, v) in [
+        (0x20, 0x11),
+        (0x21, 0x08),
+        (0x21, 0x04),
+        (0x21, 0x01),
+        (0x21, 0xef),
+    ] {
+        code.extend_from_slice(&[0xb0, v, 0xe6, port]);
+    }
+    code.extend(mov_dx(0x3f9));
+    code.extend_from_slice(&[0xb0, 0x01, 0xee, 0xfb, 0xf4, 0xeb, 0xfd]);
+    let isr = 0x1000 + code.len() as u16;
+    code.extend(mov_dx(0x3f8));
+    code.extend_from_slice(&[0xec, 0xee]);
+    code.extend(poweroff());
+    let _g = real_mode_vm("con7", &code);
+    let mut ctx = vmmapi::vm_open("con7").unwrap();
+    // IVT entry of vector 0x0c (IRQ 4): 0000:isr.
+    let mut ivt = isr.to_le_bytes().to_vec();
+    ivt.extend_from_slice(&[0, 0]);
+    ctx.vm_copyin(0x0c * 4, &ivt).unwrap();
+    ctx.vm_set_register(0, VmReg::Rsp, 0x8000).unwrap();
+    let mut child = bhyve(&["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio", "con7"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the guest time to reach hlt, so only the interrupt can wake it.
+    std::thread::sleep(Duration::from_millis(300));
+    child.stdin.as_mut().unwrap().write_all(b"Q").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "Q", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[test]
+fn fast_output_to_a_slow_reader_loses_nothing() {
+    // 2 x 0xffff bytes 0,1,2,...: out dx,al; inc al; loop; dec bx; jnz.
+    let mut code = mov_dx(0x3f8);
+    code.extend_from_slice(&[
+        0x30, 0xc0, // xor al,al
+        0xbb, 0x02, 0x00, // mov bx,2
+        0xb9, 0xff, 0xff, // outer: mov cx,0xffff
+        0xee, 0xfe, 0xc0, 0xe2, 0xfb, // inner: out; inc al; loop inner
+        0x4b, 0x75, 0xf5, // dec bx; jnz outer
+    ]);
+    code.extend(poweroff());
+    let _g = real_mode_vm("con4", &code);
+    let mut child = bhyve(&["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio", "con4"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the pipe fill so the guest has to wait for us.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(out.len(), 2 * 0xffff);
+    assert!(
+        out.iter().enumerate().all(|(i, &b)| b == i as u8),
+        "bytes out of order"
+    );
+}
+
+/// A pty: (master, slave).
+fn pty() -> (std::fs::File, std::fs::File) {
+    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname on a fresh master fd we
+    // own; ptsname's static buffer is copied at once.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0, "posix_openpt");
+        let master = OwnedFd::from_raw_fd(m);
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(m))
+            .to_string_lossy()
+            .into_owned();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(&name)
+            .unwrap();
+        (std::fs::File::from(master), slave)
+    }
+}
+
+/// The settings that matter, comparable.
+fn termios(f: &std::fs::File) -> (u32, u32, u32, u32, Vec<u8>) {
+    // SAFETY: tcgetattr into a zeroed local struct on an open tty fd.
+    let t = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(f.as_raw_fd(), &mut t), 0);
+        t
+    };
+    (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc.to_vec())
+}
+
+fn bhyve_on_pty(name: &str, slave: &std::fs::File) -> std::process::Child {
+    bhyve(&["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio", name])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn terminal_restored_after_poweroff_and_after_sigterm() {
+    let mut code = print(b"hello\n");
+    code.extend(poweroff());
+    let _g = real_mode_vm("con5", &code);
+    let (mut master, slave) = pty();
+    let before = termios(&slave);
+    assert_ne!(before.3 & libc::ICANON, 0, "a fresh pty is cooked");
+    let child = bhyve_on_pty("con5", &slave);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(termios(&slave), before, "after a normal exit");
+    let mut got = [0u8; 6];
+    master.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello\n", "raw: no CR added");
+    drop(_g);
+
+    // A spinning guest, stopped by SIGTERM before it enabled ACPI.
+    let _g = real_mode_vm("con6", &[0xeb, 0xfe]);
+    let child = bhyve_on_pty("con6", &slave);
+    let t = Instant::now();
+    while termios(&slave).3 & libc::ICANON != 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "never went raw");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.signal(), Some(libc::SIGTERM), "{}", stderr(&o));
+    assert_eq!(termios(&slave), before, "after SIGTERM");
+}
