@@ -1,4 +1,5 @@
 //! bhyve: the device model and machine that run a vmm instance.
+pub mod acpi;
 pub mod atkbdc;
 pub mod bhyverun;
 pub mod bus;
@@ -6,6 +7,7 @@ pub mod config;
 pub mod devices;
 pub mod inout;
 pub mod mem;
+pub mod mptbl;
 pub mod pci_lpc;
 pub mod pm;
 pub mod post;
