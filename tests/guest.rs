@@ -1,7 +1,9 @@
 //! The boot-contract test guest (`tests/guest/`): a tiny kernel linked and
 //! entered like FreeBSD/amd64 that checks, from inside the VM, the hand-off
-//! our `bhyveload` produced (shared/docs/freebsd-boot-abi.md), plus two tiny
-//! `.ko` modules.
+//! our `bhyveload` produced (shared/docs/freebsd-boot-abi.md) and, when asked
+//! to, the machine `bhyve` presents (shared/docs/bhyve-platform.md: ACPI and
+//! MP tables, PCI bus 0, PM timer, HPET, RTC, COM1's interrupt, AP start-up),
+//! plus two tiny `.ko` modules.
 //!
 //! * [`build`] compiles the kernel and modules with the host's gcc/ld into a
 //!   content-addressed cache under the cargo target dir (`target/guest/<hash>/`).
@@ -334,6 +336,16 @@ impl Exit {
 ///     .env_present("LINES")        // must exist, any value
 ///     .files(&["testmod.ko", "testdep.ko"]);
 /// for kv in e.kenv() { args.push("-e".into()); args.push(kv); }
+///
+/// // the machine (bhyve -c 2 -s 0,hostbridge -s 31,lpc -l com1,stdio -u):
+/// let m = guest::Expect::new()
+///     .ncpus(2)
+///     .acpi()
+///     .pci(&[(0, 0, 0x1275, 0x1275), (31, 0, 0x8086, 0x7000)])
+///     .uart_irq()
+///     .pmtimer()
+///     .hpet()
+///     .rtc_today();
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
@@ -346,6 +358,13 @@ pub struct Expect {
     kernel_args: Option<String>,
     kernel_name: Option<String>,
     exit: Option<Exit>,
+    ncpus: Option<u32>,
+    acpi: bool,
+    pci: Option<Vec<(u8, u8, u16, u16)>>,
+    uart_irq: bool,
+    pmtimer: bool,
+    hpet: bool,
+    rtc: Option<String>,
 }
 
 impl Expect {
@@ -414,6 +433,84 @@ impl Expect {
         self
     }
 
+    // ---- the machine bhyve presents (shared/docs/bhyve-platform.md) ----
+    // Checks of bhyve-specific values report SKIP on the multiboot (QEMU)
+    // path; the generic ones run there too.
+
+    /// `test.ncpus=N` (bhyve `-c N`): the MADT lists N enabled local APICs
+    /// with IDs 0..N-1, so does the MP table, and INIT-SIPI-SIPI (broadcast)
+    /// starts exactly N-1 APs that reach long mode and report APIC IDs
+    /// 1..N-1 (checks `smp: ...`). N is 1..16.
+    pub fn ncpus(mut self, n: u32) -> Self {
+        assert!((1..=16).contains(&n), "the guest handles 1..16 CPUs");
+        self.ncpus = Some(n);
+        self
+    }
+    /// `test.acpi=1`: RSDP found by scanning 0xE0000–0xFFFFF (at 0xF2400),
+    /// v2 with both checksums, RSDT/XSDT, every table's signature/length/
+    /// checksum, FACP/APIC/HPET/MCFG listed, DSDT and FACS via the FADT,
+    /// the FADT's fixed blocks (PM timer 0x408, PM1a 0x400/0x404, SCI 9, …),
+    /// MADT, HPET and MCFG contents, and the MP table (§5; checks `acpi: ...`
+    /// and `mptable: ...`).
+    pub fn acpi(mut self) -> Self {
+        self.acpi = true;
+        self
+    }
+    /// `test.pci=S.F=VVVV:DDDD,...`: exactly these functions exist on bus 0
+    /// (configuration mechanism #1), with these vendor:device IDs; class
+    /// codes are checked where the document gives them, plus bhyve's
+    /// header/BAR/INTx details for hostbridge, lpc and uart, the
+    /// multifunction bit and ECAM at 0xE0000000 (checks `pci: ...`).
+    /// E.g. `&[(0, 0, 0x1275, 0x1275), (31, 0, 0x8086, 0x7000)]`.
+    pub fn pci(mut self, functions: &[(u8, u8, u16, u16)]) -> Self {
+        for &(slot, func, ..) in functions {
+            assert!(slot < 32 && func < 8, "bad PCI slot.func {slot}.{func}");
+        }
+        self.pci = Some(functions.to_vec());
+        self
+    }
+    /// `test.uart_irq=1`: with COM1's I/O APIC pin 4 routed to a vector and
+    /// the local APIC enabled, setting IER.ETBEI interrupts the BSP and IIR
+    /// says THR empty; also local APIC / I/O APIC identity (checks
+    /// `uart irq: ...`, `lapic: ...`, `ioapic: ...`).
+    pub fn uart_irq(mut self) -> Self {
+        self.uart_irq = true;
+        self
+    }
+    /// `test.pmtimer=1`: the ACPI PM timer (port 0x408, 32-bit reads)
+    /// advances monotonically at 3.579545 MHz ±5 % against the 8254.
+    pub fn pmtimer(mut self) -> Self {
+        self.pmtimer = true;
+        self
+    }
+    /// `test.hpet=1`: HPET at 0xFED00000: capabilities
+    /// 0x05F5E100_80860701, counter holds while disabled and runs at
+    /// 10^15/period Hz (±5 % against the 8254), LEG_RT reads 0, timer
+    /// capabilities.
+    pub fn hpet(mut self) -> Self {
+        self.hpet = true;
+        self
+    }
+    /// `test.rtc=YYYY-MM-DD`: the CMOS RTC (format per status B, century in
+    /// 0x32) shows this date or the next day (midnight tolerance), runs,
+    /// has the power-on status registers; with [`Expect::memsize`] also the
+    /// CMOS memory-size cells 0x34/0x35 and 0x5B–0x5D (§3.6).
+    pub fn rtc_date(mut self, year: u32, month: u32, day: u32) -> Self {
+        assert!((1..=12).contains(&month) && (1..=31).contains(&day));
+        self.rtc = Some(format!("{year:04}-{month:02}-{day:02}"));
+        self
+    }
+    /// [`Expect::rtc_date`] with today's **UTC** date: run bhyve with `-u`
+    /// (RTC in UTC) unless the host's local time zone is UTC.
+    pub fn rtc_today(self) -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock before 1970")
+            .as_secs();
+        let (y, m, d) = civil_from_days((secs / 86400) as i64);
+        self.rtc_date(y, m, d)
+    }
+
     /// `name=value` strings, one per variable (for `bhyveload -e`).
     pub fn kenv(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -457,6 +554,31 @@ impl Expect {
         if let Some(e) = self.exit {
             v.push(format!("test.exit={}", e.as_str()));
         }
+        if let Some(n) = self.ncpus {
+            v.push(format!("test.ncpus={n}"));
+        }
+        if self.acpi {
+            v.push("test.acpi=1".into());
+        }
+        if let Some(p) = &self.pci {
+            let items: Vec<String> = p
+                .iter()
+                .map(|(s, f, ven, dev)| format!("{s}.{f}={ven:04x}:{dev:04x}"))
+                .collect();
+            v.push(format!("test.pci={}", items.join(",")));
+        }
+        if self.uart_irq {
+            v.push("test.uart_irq=1".into());
+        }
+        if self.pmtimer {
+            v.push("test.pmtimer=1".into());
+        }
+        if self.hpet {
+            v.push("test.hpet=1".into());
+        }
+        if let Some(d) = &self.rtc {
+            v.push(format!("test.rtc={d}"));
+        }
         v
     }
 
@@ -469,6 +591,21 @@ impl Expect {
         }
         s
     }
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (proleptic
+/// Gregorian; H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (u32, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as u32, m as u32, d as u32)
 }
 
 /// Verdict of one check.
@@ -740,6 +877,56 @@ GUEST-EXIT poweroff\r\n";
             e.loader_conf()
                 .contains("test.files=\"testmod.ko,testdep.ko\"\n")
         );
+    }
+
+    #[test]
+    fn machine_expectations_become_kenv() {
+        let e = Expect::new()
+            .ncpus(2)
+            .acpi()
+            .pci(&[
+                (0, 0, 0x1275, 0x1275),
+                (31, 0, 0x8086, 0x7000),
+                (2, 0, 0x131f, 0x2000),
+            ])
+            .uart_irq()
+            .pmtimer()
+            .hpet()
+            .rtc_date(2024, 2, 29);
+        assert_eq!(
+            e.kenv(),
+            vec![
+                "test.ncpus=2",
+                "test.acpi=1",
+                "test.pci=0.0=1275:1275,31.0=8086:7000,2.0=131f:2000",
+                "test.uart_irq=1",
+                "test.pmtimer=1",
+                "test.hpet=1",
+                "test.rtc=2024-02-29",
+            ]
+        );
+        assert!(e.loader_conf().contains("test.pci=\"0.0=1275:1275,"));
+        // nothing asked for: none of the machine variables
+        assert!(Expect::new().kenv().is_empty());
+    }
+
+    #[test]
+    fn rtc_today_is_a_utc_date() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_453), (2025, 12, 31));
+        let kv = Expect::new().rtc_today().kenv();
+        let d = kv[0].strip_prefix("test.rtc=").unwrap();
+        assert_eq!(d.len(), 10);
+        assert_eq!(&d[4..5], "-");
+        assert!(d[..4].parse::<u32>().unwrap() >= 2024);
+    }
+
+    #[test]
+    #[should_panic(expected = "bad PCI slot.func")]
+    fn pci_rejects_bad_slot() {
+        let _ = Expect::new().pci(&[(32, 0, 0x1275, 0x1275)]);
     }
 
     #[test]

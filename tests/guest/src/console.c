@@ -163,15 +163,42 @@ int ksnprintf(char *buf, u64 cap, const char *fmt, ...)
 	return (int)s.len;
 }
 
-void check_begin(const char *fmt, ...)
+static void vcheck_begin(const char *fmt, va_list ap)
 {
 	struct sink s = {name_buf, 0, sizeof(name_buf)};
-	va_list ap;
 	name_buf[0] = 0;
-	va_start(ap, fmt);
 	kvprintf(&s, fmt, ap);
-	va_end(ap);
 	active = 1;
+}
+
+void check_begin(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vcheck_begin(fmt, ap);
+	va_end(ap);
+}
+
+int check_begin_bhyve(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vcheck_begin(fmt, ap);
+	va_end(ap);
+	if (no_loader) {
+		check_skip("bhyve-specific value, not checked on the multiboot path");
+		return 0;
+	}
+	return 1;
+}
+
+int check_requested(const char *var, const char *what)
+{
+	if (kenv_get(var))
+		return 1;
+	check_begin("%s", what);
+	check_skip("%s not set", var);
+	return 0;
 }
 
 int check_active(void) { return active; }

@@ -4,7 +4,9 @@
  * The guest is linked and entered like a FreeBSD/amd64 kernel and checks,
  * one TAP-like line per check on COM1, that the loader (our bhyveload)
  * produced exactly the hand-off described in
- * shared/docs/freebsd-boot-abi.md.  Section numbers (§) refer to that file.
+ * shared/docs/freebsd-boot-abi.md.  Section numbers (§) refer to that file,
+ * except in the machine checks (acpi_checks.c, pci_checks.c, timer_checks.c,
+ * irq_checks.c, smp.c), which refer to shared/docs/bhyve-platform.md.
  */
 #ifndef GUEST_H
 #define GUEST_H
@@ -45,6 +47,9 @@ int list_item(const char *list, char sep, u32 i, char *buf, u64 bufsz);
 /* Pointer to physical [p, p+len) through the KERNBASE window of the
  * loader's tables, or NULL when the range is not inside the low GiB. */
 void *phys_ptr(u64 p, u64 len);
+/* Pointer to device MMIO at physical p in [3 GiB, 4 GiB) (maps it
+ * uncached on first use), NULL outside that range. */
+void *mmio_ptr(u64 p);
 
 /* console.c: COM1 output and the check protocol */
 void uart_init(void);
@@ -57,6 +62,12 @@ void check_pass(void);
 void check_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void check_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Shorthand: begin + pass/fail with a detail when cond is false. */
+/* Begins a check of a bhyve-specific value; on the multiboot (QEMU) path it
+ * is reported as SKIP and 0 is returned. */
+int check_begin_bhyve(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Begins a check group's gate: returns 1 if kenv `var` is set, else reports
+ * "<what> # SKIP <var> not set" and returns 0. */
+int check_requested(const char *var, const char *what);
 void check_result(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void check_summary(void);
 int check_failures(void);
@@ -192,8 +203,54 @@ void cpu_checks(void);
 void kernel_checks(void);
 void env_checks(void);
 void module_checks(void);
+/* the machine bhyve presents (shared/docs/bhyve-platform.md) */
+void acpi_checks(void);		/* test.acpi */
+void pci_checks(void);		/* test.pci */
+void timer_checks(void);	/* test.pmtimer, test.hpet, test.rtc */
+void irq_checks(void);		/* test.uart_irq */
+void smp_checks(void);		/* test.ncpus */
+
+/* acpi_checks.c: tables found by the RSDP scan (KERNBASE VAs or NULL) */
+struct acpi_tables {
+	int scanned;
+	u64 rsdp_phys;
+	const u8 *rsdp, *rsdt, *xsdt, *fadt, *madt, *hpet, *mcfg, *dsdt, *facs;
+};
+extern struct acpi_tables acpi;
+int acpi_locate(void);			/* 1 if an RSDP was found */
+/* Enabled local APICs listed in the MADT (IDs into ids[max]); -1 if no MADT */
+int madt_lapics(u8 *ids, u32 max);
+/* MP table processor entries (IDs into ids[max]); -1 if no MP table */
+int mptable_cpus(u8 *ids, u32 max);
+
+/* timer_checks.c */
+/* Busy-waits about us microseconds on the 8254 (channel 2, no IRQ); falls
+ * back to a bounded loop if the PIT does not count. */
+void udelay(u32 us);
+int pit_works(void);	/* probes channel 2 once: 1 if it counts */
+
+/* irq_checks.c: local APIC (xAPIC MMIO at 0xFEE00000) */
+#define LAPIC_BASE 0xFEE00000UL
+#define LAPIC_ID 0x20
+#define LAPIC_VER 0x30
+#define LAPIC_TPR 0x80
+#define LAPIC_EOI 0xB0
+#define LAPIC_SVR 0xF0
+#define LAPIC_ICR_LO 0x300
+#define LAPIC_ICR_HI 0x310
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_TIMER_ICR 0x380
+#define LAPIC_TIMER_CCR 0x390
+#define LAPIC_TIMER_DCR 0x3E0
+u32 lapic_rd(u32 reg);
+void lapic_wr(u32 reg, u32 v);
+/* 0 if the APIC base MSR does not point at 0xFEE00000 or it is disabled */
+int lapic_ok(void);
 
 /* main.c */
 void guest_exit(void) __attribute__((noreturn));
+/* Installs an interrupt gate (vectors 32-255; stubs must end in iretq). */
+void idt_set(u8 vec, void (*stub)(void));
+void idt_load(void);	/* loads the IDT on this CPU (APs) */
 
 #endif

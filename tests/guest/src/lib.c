@@ -1,5 +1,5 @@
 /* Freestanding helpers (gcc may also emit calls to mem* by itself). */
-#include "guest.h"
+#include "io.h"
 
 /*
  * Plain stores, 8 bytes at a time when aligned.  (Not `rep stosb`: when the
@@ -152,4 +152,32 @@ int elf_header_ok(const Elf64_Ehdr *h, u16 type)
 	    h->e_ident[5] == 1 /* little endian */ &&
 	    h->e_ident[6] == 1 && h->e_version == 1 &&
 	    h->e_machine == EM_X86_64 && h->e_type == type;
+}
+
+/*
+ * Device MMIO lives in [3 GiB, 4 GiB) (ECAM, I/O APIC, HPET, local APIC;
+ * bhyve-platform.md §2), which the loader's tables do not map (every PDPT
+ * entry aliases the first GiB).  The first call points PDPT[3] of the
+ * tables in use at a page directory of our own: 2 MiB pages, identity,
+ * uncached.  APs started later on the same CR3 see it too.
+ */
+static u64 mmio_pd[512] __attribute__((aligned(4096)));
+
+void *mmio_ptr(u64 p)
+{
+	static int mapped;
+	if (p < 0xC0000000UL || p >= 0x100000000UL)
+		return NULL;
+	if (!mapped) {
+		u64 *pml4 = phys_ptr(read_cr3() & ~0xfffUL, PAGE_SIZE);
+		u64 *pdpt = pml4 ? phys_ptr(pml4[0] & 0xffffffffff000UL, PAGE_SIZE) : NULL;
+		if (!pdpt)
+			return NULL;
+		for (u64 i = 0; i < 512; i++)	/* P RW PWT PCD PS */
+			mmio_pd[i] = (0xC0000000UL + (i << 21)) | 0x9b;
+		pdpt[3] = ((u64)mmio_pd - KERNBASE) | 0x3;
+		__asm__ volatile("mov %%cr3, %%rax; mov %%rax, %%cr3" ::: "rax", "memory");
+		mapped = 1;
+	}
+	return (void *)p;
 }

@@ -36,32 +36,44 @@ static void bss_scan_and_clear(void)
 #define QEMU_DEBUG_EXIT 0xf4	/* isa-debug-exit, QEMU runs only */
 #define QEMU_PM1A_CNT 0x604	/* PIIX4 PM base 0x600 under SeaBIOS */
 
-/* IDT for vectors 0-31 so that a fault fails a check instead of
- * triple-faulting silently. */
+/* IDT: vectors 0-31 so that a fault fails a check instead of
+ * triple-faulting silently; 32-255 not present until idt_set() (an
+ * unexpected interrupt then shows up as #GP with the vector in the error
+ * code: vector * 8 + 2). */
 struct gate {
 	u16 off0, sel;
 	u8 ist, type;
 	u16 off1;
 	u32 off2, zero;
 } __attribute__((packed));
-static struct gate idt[32];
+static struct gate idt[256];
 extern const u64 trap_stubs[32];
 
-static void trap_init(void)
+static void gate_set(u8 vec, u64 a)
 {
 	u16 cs;
+	/* use whatever CS the loader gave us, so delivery works even if it
+	 * is not 0x08 (a check reports that) */
+	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+	idt[vec] = (struct gate){(u16)a, cs, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
+}
+
+void idt_set(u8 vec, void (*stub)(void)) { gate_set(vec, (u64)stub); }
+
+void idt_load(void)
+{
 	struct __attribute__((packed)) {
 		u16 limit;
 		u64 base;
 	} idtr = {sizeof(idt) - 1, (u64)idt};
-	/* use whatever CS the loader gave us, so delivery works even if it
-	 * is not 0x08 (a check reports that) */
-	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
-	for (int i = 0; i < 32; i++) {
-		u64 a = trap_stubs[i];
-		idt[i] = (struct gate){(u16)a, cs, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
-	}
 	__asm__ volatile("lidt %0" ::"m"(idtr));
+}
+
+static void trap_init(void)
+{
+	for (int i = 0; i < 32; i++)
+		gate_set((u8)i, trap_stubs[i]);
+	idt_load();
 }
 
 void trap_handler(const u64 *frame)
@@ -152,6 +164,11 @@ void kmain(int via_multiboot, u32 mb_magic, u32 mb_info)
 	kernel_checks();
 	env_checks();
 	module_checks();
+	acpi_checks();
+	pci_checks();
+	timer_checks();
+	irq_checks();
+	smp_checks();
 
 	check_summary();
 	guest_exit();
