@@ -21,6 +21,7 @@ fn boot_tree(g: &GuestFiles, loader_conf: &str) -> Tree {
         .file("boot/kernel/testmod.ko", fs::read(&g.testmod).unwrap())
         .file("boot/kernel/testdep.ko", fs::read(&g.testdep).unwrap())
         .file("boot/loader.conf", loader_conf)
+        .file("boot/blob.bin", guest::raw_pattern(BLOB_SIZE))
         .file(
             "boot/device.hints",
             "hint.uart.0.at=\"isa\"\nhint.uart.0.port=\"0x3F8\"\nhint.uart.0.flags=\"0x10\"\n",
@@ -31,7 +32,38 @@ fn boot_tree(g: &GuestFiles, loader_conf: &str) -> Tree {
         )
 }
 
-const CONF: &str = "testmod_load=\"YES\"\nautoboot_delay=\"-1\"\nfoo.bar=\"from-loader-conf\"\n";
+const CONF: &str = "testmod_load=\"YES\"\nautoboot_delay=\"-1\"\nfoo.bar=\"from-loader-conf\"\n\
+    blob_load=\"YES\"\nblob_type=\"test_blob\"\nblob_name=\"/boot/blob.bin\"\n";
+/// A raw file (`X_type`) with an odd size, so the next file's placement
+/// is checked too.
+const BLOB_SIZE: usize = 12345;
+
+/// What the guest must find, for a load of `boot_tree` with `CONF`.
+fn expect(memsize: u64) -> guest::Expect {
+    guest::Expect::new()
+        .memsize(memsize)
+        .kernel_name("/boot/kernel/kernel")
+        .files(&["testmod.ko", "testdep.ko", "blob.bin"])
+        .raw("blob.bin", "test_blob", BLOB_SIZE as u64)
+        .env("foo.bar", "from-loader-conf")
+        .env("hint.uart.0.port", "0x3F8")
+        .env("vfs.root.mountfrom", "ufs:/dev/vtbd0p2")
+        .env_present("currdev")
+}
+
+/// Run the loaded guest on bhyve with COM1 on stdio (`args` before the
+/// name); every check must pass and bhyve must exit `status`.
+fn boot(vm: &str, args: &[&str], status: i32) -> String {
+    let mut a = args.to_vec();
+    a.push(vm);
+    let o = run("bhyve", &a);
+    let out = stdout(&o);
+    guest::parse_report(&out).assert_all_passed(&out);
+    assert_eq!(o.status.code(), Some(status), "{out}{}", stderr(&o));
+    out
+}
+
+const COM1: [&str; 6] = ["-m", "512M", "-s", "31,lpc", "-l", "com1,stdio"];
 
 fn getreg(vm: &str, reg: &str) -> u64 {
     let o = run(
@@ -109,12 +141,44 @@ fn load_layout(layout: Layout, version: u32, bsize: u32, fsize: u32) {
         [
             "/boot/kernel/kernel",
             "/boot/kernel/testmod.ko",
-            "/boot/kernel/testdep.ko"
+            "/boot/kernel/testdep.ko",
+            "/boot/blob.bin"
         ],
         "{layout:?}"
     );
     let o = run("bhyvectl", &["--list"]);
     assert!(stdout(&o).contains(&format!("{vm} ")) && stdout(&o).contains("loaded"));
+    // The guest checks the whole hand-off from inside and powers off.
+    boot(&vm, &COM1, 1);
+}
+
+#[test]
+fn original_session_command_line() {
+    require_kvm();
+    let g = guest::build();
+    let s = Scratch::new("orig");
+    let img = s.path("disk.img");
+    images::image(&boot_tree(&g, CONF), Layout::Gpt, 2, 32768, 4096, &img);
+    let img = img.to_str().unwrap();
+    let _g = VmGuard::new("guest0");
+    let mut args = vec!["-d", img, "-m", "1024"];
+    let kenv = expect(1024 * MB).kenv();
+    for kv in &kenv {
+        args.extend(["-e", kv]);
+    }
+    args.push("guest0");
+    let o = run("bhyveload", &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(exists("guest0"), "ls /dev/vmm shows guest0");
+    let disk = format!("0:0,virtio-blk,{img}");
+    boot(
+        "guest0",
+        &["-A", "-I", "-m", "1024", "-s", &disk, "-S", "31,uart,stdio"],
+        1,
+    );
+    let o = run("bhyvectl", &["--vm=guest0", "--destroy"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!exists("guest0"));
 }
 
 #[test]
@@ -260,7 +324,6 @@ fn bad_input_is_refused_cleanly() {
         64,
         "not a character device",
     );
-    let _ = MB;
 }
 
 #[test]
@@ -287,4 +350,51 @@ fn reload_of_existing_instance_reinitialises_it() {
         &["-d", img.to_str().unwrap(), "-m", "256M", "rl0"],
     );
     assert!(o.status.success(), "twice: {}", stderr(&o));
+}
+
+/// On a terminal: the menu, the countdown interrupted by a key, the OK
+/// prompt, and `boot -s` giving RB_SINGLE in the kernel's howto.
+#[test]
+fn menu_and_prompt_on_a_terminal() {
+    let g = guest::build();
+    let s = Scratch::new("menu");
+    fs::create_dir_all(s.path("boot")).unwrap();
+    fs::write(
+        s.path("boot/loader.conf"),
+        "autoboot_delay=\"5\"\nfoo.bar=\"hello\"\n",
+    )
+    .unwrap();
+    let _g = VmGuard::new("menu0");
+    let cmd = format!(
+        "{} -m 256M --kernel {} -h {} menu0; echo EXIT=$?",
+        bin("bhyveload").display(),
+        g.kernel.display(),
+        s.0.display()
+    );
+    // `script` gives bhyveload a pty; keys are typed with pauses, as a
+    // person would.
+    let keys = "sleep 1; printf 3; sleep 0.5; printf 'show foo.bar\\r'; sleep 0.5; \
+                printf 'boot -s\\r'; sleep 1";
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("({keys}) | script -qec '{cmd}' /dev/null"))
+        .env("VMM_DIR", vmm_dir())
+        .output()
+        .unwrap();
+    let out = stdout(&o).replace('\r', "");
+    for want in [
+        "Welcome to FreeBSD",
+        "1. Boot Multi user [Enter]",
+        "Autoboot in 5 seconds",
+        "OK show foo.bar\nhello\n",
+        "EXIT=0",
+    ] {
+        assert!(out.contains(want), "want {want:?} in:\n{out}");
+    }
+    let howto = metadata("menu0")
+        .into_iter()
+        .find(|(t, _)| *t == 0x8007)
+        .map(|(_, d)| u32::from_le_bytes(d[..4].try_into().unwrap()))
+        .expect("HOWTO record");
+    assert_ne!(howto & 0x2, 0, "RB_SINGLE from boot -s: {howto:#x}");
 }
