@@ -3,7 +3,7 @@
 # the tools the tests use to build guests and disk images and to check ACPI
 # tables. Idempotent: installs only what is missing.
 set -eu
-pkgs="makefs gdisk fdisk acpica-tools busybox-static iproute2 gcc binutils"
+pkgs="makefs gdisk fdisk acpica-tools busybox-static iproute2 gcc binutils make"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
