@@ -94,3 +94,23 @@ impl Drop for VmGuard {
 pub fn exists(name: &str) -> bool {
     Path::new(&vmm_dir()).join(name).exists()
 }
+
+/// A new instance `name` with 16 MiB whose BSP starts in real mode at
+/// 0:0x1000 running `code` (the tiny guests of the runner tests).
+pub fn real_mode_vm(name: &str, code: &[u8]) -> VmGuard {
+    require_kvm();
+    let g = VmGuard::new(name);
+    vmmapi::vm_create(name).unwrap();
+    let mut ctx = vmmapi::vm_open(name).unwrap();
+    ctx.vm_setup_memory(16 << 20).unwrap();
+    ctx.vm_copyin(0x1000, code).unwrap();
+    ctx.vm_set_register(0, vmmapi::VmReg::Cs, 0).unwrap();
+    let cs = vmmapi::SegDesc {
+        base: 0,
+        limit: 0xffff,
+        access: 0x9b,
+    };
+    ctx.vm_set_desc(0, vmmapi::SegReg::Cs, cs).unwrap();
+    ctx.vm_set_register(0, vmmapi::VmReg::Rip, 0x1000).unwrap();
+    g
+}

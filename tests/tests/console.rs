@@ -11,32 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::*;
-use vmmapi::{SegDesc, SegReg, VmReg};
-
-const MB: u64 = 1 << 20;
-
-/// An instance whose BSP starts at 0:0x1000 in real mode running `code`.
-fn real_mode_vm(name: &str, code: &[u8]) -> VmGuard {
-    require_kvm();
-    let g = VmGuard::new(name);
-    vmmapi::vm_create(name).unwrap();
-    let mut ctx = vmmapi::vm_open(name).unwrap();
-    ctx.vm_setup_memory(16 * MB).unwrap();
-    ctx.vm_copyin(0x1000, code).unwrap();
-    ctx.vm_set_register(0, VmReg::Cs, 0).unwrap();
-    ctx.vm_set_desc(
-        0,
-        SegReg::Cs,
-        SegDesc {
-            base: 0,
-            limit: 0xffff,
-            access: 0x9b,
-        },
-    )
-    .unwrap();
-    ctx.vm_set_register(0, VmReg::Rip, 0x1000).unwrap();
-    g
-}
+use vmmapi::VmReg;
 
 fn bhyve(args: &[&str]) -> Command {
     let mut c = Command::new(bin("bhyve"));

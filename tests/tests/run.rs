@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::*;
-use vmmapi::{SegDesc, SegReg, Suspend, VmConfig, VmEntry, VmExit, VmReg};
+use vmmapi::{Suspend, VmConfig, VmEntry, VmExit};
 
 const MB: u64 = 1 << 20;
 
@@ -57,25 +57,9 @@ fn run_guest(name: &str, answer: u32) -> (Vec<u32>, Suspend) {
 fn real_mode_guest_inout_and_halt() {
     require_kvm();
     vmm_dir();
-    let _g = VmGuard::new("rm0");
-    vmmapi::vm_create("rm0").unwrap();
-    let mut ctx = vmmapi::vm_open("rm0").unwrap();
-    ctx.vm_setup_memory(16 * MB).unwrap();
     // mov al,0x48; out 0x80,al; in al,0x81; mov bl,al; cli; hlt
     let code = [0xb0, 0x48, 0xe6, 0x80, 0xe4, 0x81, 0x88, 0xc3, 0xfa, 0xf4];
-    ctx.vm_copyin(0x1000, &code).unwrap();
-    ctx.vm_set_register(0, VmReg::Cs, 0).unwrap();
-    ctx.vm_set_desc(
-        0,
-        SegReg::Cs,
-        SegDesc {
-            base: 0,
-            limit: 0xffff,
-            access: 0x9b,
-        },
-    )
-    .unwrap();
-    ctx.vm_set_register(0, VmReg::Rip, 0x1000).unwrap();
+    let _g = real_mode_vm("rm0", &code);
     let (outs, how) = run_guest("rm0", 0x5a);
     assert_eq!(outs, vec![0x48]);
     assert_eq!(how, Suspend::Halt);
@@ -206,23 +190,9 @@ fn memory_is_shared_across_processes() {
 }
 
 /// Start `bhyve` on an instance whose BSP spins in real mode.
-fn spinning_vm(name: &str) -> std::process::Child {
-    vmmapi::vm_create(name).unwrap();
-    let mut ctx = vmmapi::vm_open(name).unwrap();
-    ctx.vm_setup_memory(16 * MB).unwrap();
-    ctx.vm_copyin(0x1000, &[0xeb, 0xfe]).unwrap(); // jmp .
-    ctx.vm_set_register(0, VmReg::Cs, 0).unwrap();
-    ctx.vm_set_desc(
-        0,
-        SegReg::Cs,
-        SegDesc {
-            base: 0,
-            limit: 0xffff,
-            access: 0x9b,
-        },
-    )
-    .unwrap();
-    ctx.vm_set_register(0, VmReg::Rip, 0x1000).unwrap();
+fn spinning_vm(name: &str) -> (std::process::Child, VmGuard) {
+    let g = real_mode_vm(name, &[0xeb, 0xfe]); // jmp .
+    let ctx = vmmapi::vm_open(name).unwrap();
     let child = Command::new(bin("bhyve"))
         .args(["-m", "16M", name])
         .env("VMM_DIR", vmm_dir())
@@ -236,14 +206,13 @@ fn spinning_vm(name: &str) -> std::process::Child {
         assert!(t.elapsed() < Duration::from_secs(20), "bhyve did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    (child, g)
 }
 
 #[test]
 fn sigkill_leaves_instance_usable_and_second_runner_refused() {
     require_kvm();
-    let _g = VmGuard::new("k0");
-    let mut child = spinning_vm("k0");
+    let (mut child, _g) = spinning_vm("k0");
     let o = run("bhyve", &["-m", "16M", "k0"]);
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("already running"), "{}", stderr(&o));
@@ -268,17 +237,15 @@ fn sigkill_leaves_instance_usable_and_second_runner_refused() {
 #[test]
 fn force_poweroff_and_destroy_of_running_vm() {
     require_kvm();
-    let _g = VmGuard::new("p0");
-    let child = spinning_vm("p0");
+    let (child, g0) = spinning_vm("p0");
     let o = run("bhyvectl", &["--vm=p0", "--force-poweroff"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let o = run("bhyvectl", &["--vm=p0", "--list"]);
     assert!(stdout(&o).contains("exited: poweroff"), "{}", stdout(&o));
-    drop(_g);
-    let _g = VmGuard::new("p1");
-    let child = spinning_vm("p1");
+    drop(g0);
+    let (child, _g) = spinning_vm("p1");
     let o = run("bhyvectl", &["--vm=p1", "--destroy"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = child.wait_with_output().unwrap();
