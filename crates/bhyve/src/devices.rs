@@ -5,17 +5,27 @@
 use std::fs::OpenOptions;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use vmmapi::Vm;
+use vmmapi::MemLayout;
+use vmmapi::vmm_io::IrqSink;
+use vmmapi::vmm_io::vhpet::{HPET_CAPABILITIES, VHPET_BASE, VHPET_SIZE};
+use vmmapi::vmm_io::vpmtmr::IO_PMTMR;
+use vmmapi::vmm_io::vrtc::IO_RTC;
 
+use crate::acpi::{AcpiConfig, HpetConfig, IsaUart, LpcConfig, PCI_ECAM, PciFunction};
 use crate::atkbdc::{self, Atkbdc};
 use crate::bhyverun::Machine;
-use crate::bus::{Irq, IrqLine, Suspender};
+use crate::bus::{Irq, Suspender};
+use crate::callout::Callout;
 use crate::config::{Config, ConfigError};
 use crate::inout::{InoutBus, InoutError};
+use crate::mem::{MemBus, MemError};
 use crate::pci_lpc::{self, COM_PORTS, ComPort, ComRes, Trigger, UART_IO_BAR_SIZE};
 use crate::pm::{self, Pm, ResetControl};
 use crate::post::{self, Post};
+use crate::tables::{self, Tables};
+use crate::timers::{self, Hpet, PmTimer, Rtc};
 use crate::uart_backend::UartBackend;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +42,8 @@ pub enum DeviceError {
     Lpc { dev: String, why: String },
     #[error(transparent)]
     Inout(#[from] InoutError),
+    #[error(transparent)]
+    Mem(#[from] MemError),
     #[error("{what}: {why}")]
     Setup { what: String, why: String },
 }
@@ -40,6 +52,13 @@ pub enum DeviceError {
 #[derive(Debug)]
 pub struct Plan {
     pub ncpus: usize,
+    pub mem: MemLayout,
+    /// `rtc.use_localtime` (`-u` clears it).
+    pub rtc_localtime: bool,
+    /// `acpi_tables`.
+    pub acpi_tables: bool,
+    /// `x86.mptable` (`-Y` clears it).
+    pub mptable: bool,
     pub pci: Vec<PciPlan>,
     /// COM ports to create at ISA resources.
     pub coms: Vec<ComPlan>,
@@ -204,31 +223,19 @@ pub fn plan(c: &Config, ncpus: usize) -> Result<Plan, DeviceError> {
             }
         }
     }
-    Ok(Plan { ncpus, pci, coms })
-}
-
-/// An ISA IRQ / IO-APIC pin of the KVM VM (`vm_isa_assert_irq`: KVM routes
-/// GSIs 0–15 to both the PIC and the IO-APIC).
-#[derive(Debug)]
-pub struct IsaIrq {
-    vm: Arc<Vm>,
-    gsi: u32,
-}
-
-impl IsaIrq {
-    pub fn new(vm: Arc<Vm>, gsi: u32) -> IsaIrq {
-        IsaIrq { vm, gsi }
-    }
-}
-
-impl IrqLine for IsaIrq {
-    // Failure means the VM itself is gone; bhyve ignores these errors too.
-    fn assert(&self) {
-        let _ = self.vm.set_irq_line(self.gsi, true);
-    }
-    fn deassert(&self) {
-        let _ = self.vm.set_irq_line(self.gsi, false);
-    }
+    let mem = MemLayout::new(c.memsize()?).map_err(|e| DeviceError::Setup {
+        what: "memory".into(),
+        why: e.to_string(),
+    })?;
+    Ok(Plan {
+        ncpus,
+        mem,
+        rtc_localtime: c.get_bool("rtc.use_localtime")?,
+        acpi_tables: c.get_bool("acpi_tables")?,
+        mptable: c.get_bool("x86.mptable")?,
+        pci,
+        coms,
+    })
 }
 
 /// The devices `attach` created that others need later.
@@ -236,17 +243,42 @@ impl IrqLine for IsaIrq {
 pub struct Attached {
     /// For the power button (SIGTERM).
     pub pm: Arc<Mutex<Pm>>,
+    /// The RTC and HPET, for the timer thread.
+    pub callout: Callout,
+    /// The firmware tables describing what was attached.
+    pub tables: Tables,
 }
 
-/// Create the devices of `plan` and claim their ports: the platform ones
-/// every bhyve has (PM registers, reset control, POST, keyboard controller)
-/// and the COM ports.  `irq` gives an ISA IRQ line; `suspend` stops the VM.
-pub fn attach(
-    plan: Plan,
-    inout: &InoutBus,
-    irq: &dyn Fn(u32) -> Irq,
-    suspend: Suspender,
-) -> Result<Attached, DeviceError> {
+/// Where `attach` puts devices and how they interrupt.
+pub struct Wiring<'a> {
+    pub inout: &'a InoutBus,
+    pub mem: &'a MemBus,
+    /// An ISA IRQ line, for the user-space devices.
+    pub isa_irq: &'a dyn Fn(u32) -> Irq,
+    /// The interrupt controller, for the timers.
+    pub irqs: Arc<dyn IrqSink>,
+    /// Stops the VM.
+    pub suspend: Suspender,
+}
+
+impl std::fmt::Debug for Wiring<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring").finish_non_exhaustive()
+    }
+}
+
+/// Create the devices of `plan` and claim their ports and MMIO: the
+/// platform ones every bhyve has (PM registers, reset control, POST,
+/// keyboard controller, and vmm.ko's PM timer, RTC and HPET) and the COM
+/// ports.
+pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
+    let Wiring {
+        inout,
+        mem,
+        isa_irq: irq,
+        irqs,
+        suspend,
+    } = w;
     let pm = Arc::new(Mutex::new(Pm::new(irq(pm::SCI_INT), suspend.clone())));
     for (base, len) in Pm::ports() {
         inout.register(base, len, "pm", pm.clone())?;
@@ -261,6 +293,29 @@ pub fn attach(
     let kbdc = Arc::new(Mutex::new(Atkbdc::new(irq(atkbdc::KBD_DEV_IRQ), suspend)));
     inout.register(atkbdc::KBD_DATA_PORT, 1, "atkbdc", kbdc.clone())?;
     inout.register(atkbdc::KBD_STS_CTL_PORT, 1, "atkbdc", kbdc)?;
+
+    // vmm.ko's devices, which KVM does not have.
+    inout.register(
+        IO_PMTMR,
+        1,
+        "pmtmr",
+        Arc::new(Mutex::new(PmTimer::new(Instant::now()))),
+    )?;
+    let mut callout = Callout::new();
+    let rtc = Arc::new(Mutex::new(Rtc::new(
+        irqs.clone(),
+        timers::host_rtc_time(plan.rtc_localtime),
+        plan.mem.lowmem,
+        plan.mem.highmem,
+        callout.waker(),
+    )));
+    inout.register(IO_RTC, 2, "rtc", rtc.clone())?;
+    callout.add(rtc);
+    let hpet = Arc::new(Mutex::new(Hpet::new(irqs, callout.waker())));
+    mem.register(VHPET_BASE, VHPET_SIZE, "hpet", hpet.clone())?;
+    callout.add(hpet);
+
+    let tables = tables_for(&plan);
     for com in plan.coms {
         let backend = com.backend.map(Arc::new);
         let port = Arc::new(Mutex::new(ComPort::new(
@@ -278,7 +333,73 @@ pub fn attach(
             })?;
         }
     }
-    Ok(Attached { pm })
+    Ok(Attached {
+        pm,
+        callout,
+        tables,
+    })
+}
+
+/// The machine as the firmware tables describe it.  Only the functions
+/// with no PCI emulation behind them yet are listed: the host bridge and
+/// the LPC bridge, neither of which has an INTx pin.
+fn tables_for(plan: &Plan) -> Tables {
+    let pci = &plan.pci;
+    // The LPC COM ports; the DSDT describes them under the ISA bridge.
+    let uarts = plan
+        .coms
+        .iter()
+        .filter(|c| c.trigger == Trigger::Edge)
+        .filter_map(|c| {
+            let unit = COM_PORTS.iter().position(|r| *r == c.res)?;
+            Some(IsaUart {
+                unit: u8::try_from(unit + 1).ok()?,
+                port: c.res.base,
+                irq: u8::try_from(c.res.irq).ok()?,
+            })
+        })
+        .collect();
+    let on_bus0 = |p: &&PciPlan| p.bdf.0 == 0;
+    let pci_fns = pci
+        .iter()
+        .filter(on_bus0)
+        .filter(|p| matches!(p.emul.as_str(), "hostbridge" | "amd_hostbridge" | "lpc"))
+        .map(|p| PciFunction {
+            slot: p.bdf.1,
+            func: p.bdf.2,
+            intx: None,
+        })
+        .collect();
+    let lpc = pci
+        .iter()
+        .filter(on_bus0)
+        .find(|p| p.emul == "lpc")
+        .map(|p| LpcConfig {
+            slot: p.bdf.1,
+            func: p.bdf.2,
+            uarts,
+            rtc: true,
+            atkbdc: true,
+        });
+    let (io_window, mmio32, mmio64) = tables::pci_windows(plan.mem.highmem);
+    Tables {
+        machine: AcpiConfig {
+            ncpus: plan.ncpus,
+            pci: pci_fns,
+            lpc,
+            // Below 4 GiB; the id is the capability register's low half.
+            hpet: Some(HpetConfig {
+                base: VHPET_BASE as u32,
+                id: HPET_CAPABILITIES as u32,
+            }),
+            ecam: PCI_ECAM,
+            io_window,
+            mmio32,
+            mmio64,
+        },
+        acpi: plan.acpi_tables,
+        mptable: plan.mptable,
+    }
 }
 
 /// What the signal thread saw.
@@ -366,8 +487,10 @@ pub fn reraise(sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acpi::HPET_ID;
     use crate::inout::Unhandled;
     use crate::pm::tests::{Level, suspender};
+    use crate::timers::tests::Irqs;
     use vmmapi::Suspend;
 
     fn config(slots: &[(&str, bool)], lpc: &[&str]) -> Config {
@@ -387,15 +510,32 @@ mod tests {
         Ok(u32::from_le_bytes(b))
     }
 
+    /// Attach `p` to fresh buses with recording interrupt lines.
+    fn attach_test(p: Plan, s: Suspender) -> (InoutBus, MemBus, Attached) {
+        let bus = InoutBus::new();
+        let mem = MemBus::new();
+        let a = attach(
+            p,
+            Wiring {
+                inout: &bus,
+                mem: &mem,
+                isa_irq: &|_| Arc::new(Level::default()),
+                irqs: Arc::new(Irqs::default()),
+                suspend: s,
+            },
+        )
+        .unwrap();
+        (bus, mem, a)
+    }
+
     #[test]
     fn platform_devices_and_lpc_com_ports() {
         let p = plan(&config(&[("31,lpc", false)], &[]), 1).unwrap();
         let names: Vec<_> = p.coms.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["com1", "com2", "com3", "com4"]);
         assert!(p.coms.iter().all(|c| c.trigger == Trigger::Edge));
-        let bus = InoutBus::new();
         let (s, seen) = suspender();
-        attach(p, &bus, &|_| Arc::new(Level::default()), s).unwrap();
+        let (bus, _, _) = attach_test(p, s);
         for base in [0x3f8, 0x2f8, 0x3e8, 0x2e8] {
             assert_eq!(rd(&bus, base + 5, 1), Ok(0x60), "LSR at {base:#x}");
         }
@@ -416,6 +556,64 @@ mod tests {
             *seen.lock().unwrap(),
             [Suspend::Poweroff, Suspend::Reset, Suspend::Reset]
         );
+    }
+
+    #[test]
+    fn vmm_timers_on_the_buses() {
+        let mut c = config(&[], &[]);
+        c.set("rtc.use_localtime", "false");
+        let (s, _) = suspender();
+        let (bus, mem, a) = attach_test(plan(&c, 1).unwrap(), s);
+        assert!(rd(&bus, 0x408, 4).is_ok(), "PM timer");
+        assert_eq!(
+            rd(&bus, 0x408, 2),
+            Err(Unhandled::Refused("pmtmr".into())),
+            "PM timer: 4-byte reads only"
+        );
+        assert_eq!(rd(&bus, 0x409, 1), Err(Unhandled::Unclaimed));
+        bus.write(0x70, &[0x0d]).unwrap();
+        assert_eq!(rd(&bus, 0x71, 1), Ok(0x80), "RTC register D");
+        // (256 - 16) MiB of lowmem in 64 KiB blocks = 0x0f00.
+        bus.write(0x70, &[0x35]).unwrap();
+        assert_eq!(rd(&bus, 0x71, 1), Ok(0x0f), "CMOS lowmem cell");
+        let mut cap = [0u8; 4];
+        mem.read(0xfed0_0000, &mut cap).unwrap();
+        assert_eq!(u32::from_le_bytes(cap), HPET_ID, "HPET capabilities");
+        assert!(mem.read(0xfed0_0400, &mut cap).is_none());
+        assert_eq!(format!("{:?}", a.callout), "Callout { devices: 2, .. }");
+    }
+
+    #[test]
+    fn tables_describe_what_was_attached() {
+        let mut c = config(&[("0,hostbridge", false), ("31,lpc", false)], &[]);
+        c.parse_cpus("4").unwrap();
+        c.set("x86.mptable", "false");
+        let (s, _) = suspender();
+        let (_, _, a) = attach_test(plan(&c, 4).unwrap(), s);
+        let t = a.tables;
+        assert!(t.acpi && !t.mptable);
+        assert_eq!(t.machine.ncpus, 4);
+        let slots: Vec<_> = t.machine.pci.iter().map(|f| (f.slot, f.intx)).collect();
+        assert_eq!(slots, [(0, None), (31, None)]);
+        let lpc = t.machine.lpc.expect("LPC bridge");
+        assert_eq!(
+            (lpc.slot, lpc.func, lpc.rtc, lpc.atkbdc),
+            (31, 0, true, true)
+        );
+        let units: Vec<_> = lpc.uarts.iter().map(|u| (u.unit, u.port, u.irq)).collect();
+        assert_eq!(
+            units,
+            [(1, 0x3f8, 4), (2, 0x2f8, 3), (3, 0x3e8, 4), (4, 0x2e8, 3)]
+        );
+        assert_eq!(
+            t.machine.hpet.map(|h| (h.base, h.id)),
+            Some((0xfed0_0000, HPET_ID))
+        );
+        // No LPC bridge: no ISA devices in the DSDT.
+        let (s, _) = suspender();
+        let (_, _, a) = attach_test(plan(&config(&[], &[]), 1).unwrap(), s);
+        assert_eq!(a.tables.machine.lpc, None);
+        assert!(a.tables.mptable);
     }
 
     #[test]

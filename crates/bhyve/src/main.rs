@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use bhyve::bhyverun::{self, EXIT_ERROR, Machine};
 use bhyve::config::{Config, ConfigError, LPC_DEVICES, PCI_EMULATIONS};
-use bhyve::{devices, term};
+use bhyve::devices::{self, Wiring};
+use bhyve::irq::{IsaIrq, VmIrqSink};
+use bhyve::{tables, term};
 use clap::{Arg, ArgAction, Command};
 use vmmapi::{CpuidOpts, Response, Topology, VM_MAXCPU, VmConfig};
 
@@ -32,7 +34,7 @@ fn cli() -> Command {
         )
         .disable_help_flag(true)
         .arg(f("help", 'h', "Print help"))
-        .arg(f("acpi", 'A', "Build ACPI tables (always on; accepted for compatibility)"))
+        .arg(f("acpi", 'A', "Build ACPI tables (the default; accepted for compatibility)"))
         .arg(f("xapic", 'a', "Local APIC in xAPIC mode (the default)"))
         .arg(f("incore", 'C', "Include guest memory in core files"))
         .arg(f("destroy", 'D', "Destroy the VM on guest-initiated power-off"))
@@ -253,12 +255,23 @@ fn run(c: Config) -> ExitCode {
     let h = vm.handle();
     let attached = match devices::attach(
         plan,
-        &machine.inout,
-        &|gsi| Arc::new(devices::IsaIrq::new(vm.clone(), gsi)),
-        Arc::new(move |how| h.suspend(how)),
+        Wiring {
+            inout: &machine.inout,
+            mem: &machine.mem,
+            isa_irq: &|gsi| Arc::new(IsaIrq::new(vm.clone(), gsi)),
+            irqs: Arc::new(VmIrqSink::new(vm.clone())),
+            suspend: Arc::new(move |how| h.suspend(how)),
+        },
     ) {
         Ok(a) => a,
         Err(e) => return fatal(e),
+    };
+    if let Err(e) = tables::install(&attached.tables, vm.memory()) {
+        return fatal(e);
+    }
+    let callout = match attached.callout.start() {
+        Ok(c) => c,
+        Err(e) => return fatal(format!("starting the timer thread: {e}")),
     };
     let mut vcpus = Vec::new();
     for i in 0..ncpus {
@@ -304,6 +317,7 @@ fn run(c: Config) -> ExitCode {
     }
     let signals = devices::handle_signals(&machine, attached.pm.clone());
     let finals = bhyverun::run_vcpus(&machine, vcpus);
+    callout.stop();
     let how = vm.handle().suspended();
     let err = machine.error();
     let status = bhyverun::exit_status(how, err.is_some());
