@@ -5,6 +5,7 @@ pub mod util;
 
 mod host;
 mod images;
+mod oracle;
 mod parts;
 
 use crate::{Error, FileKind, FileSystem};
