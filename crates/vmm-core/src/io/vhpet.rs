@@ -559,7 +559,12 @@ mod tests {
         wr8(&mut h, T0_CNF, 20 << 9 | HPET_TCNF_INT_ENB, t0);
         assert_eq!(rd8(&h, T0_CNF, t0), cap | 20 << 9 | HPET_TCNF_INT_ENB);
         // Route 5 is not: replaced by 0.  RO bits and 32MODE cannot change.
-        wr8(&mut h, T0_CNF, !(HPET_TCNF_INT_ROUTE | HPET_TCNF_FSB_EN) | 5 << 9, t0);
+        wr8(
+            &mut h,
+            T0_CNF,
+            !(HPET_TCNF_INT_ROUTE | HPET_TCNF_FSB_EN) | 5 << 9,
+            t0,
+        );
         let v = rd8(&h, T0_CNF, t0);
         assert_eq!(v & HPET_TCAP_RO_MASK, cap);
         assert_eq!(v & HPET_TCNF_INT_ROUTE, 0);
