@@ -90,6 +90,24 @@ fn one_cpu_machine_passes_every_platform_check() {
     ]);
 }
 
+/// PCI bus 0 through 0xcf8/0xcfc and ECAM: the host bridge, a PCI 16550
+/// (BAR0 placed, INTx routed, listed in _PRT and the MP table) and the LPC
+/// bridge with its PIRQ registers; nothing else.
+#[test]
+fn pci_bus_zero_as_bhyve_presents_it() {
+    let _g = VmGuard::new("machpci");
+    let e = Expect::new().memsize(MEM).acpi().pci(&[
+        (0, 0, 0x1275, 0x1275),
+        (2, 0, 0x131f, 0x2000),
+        (31, 0, 0x8086, 0x7000),
+    ]);
+    let (o, r) = boot("machpci", 1, &["-s", "2,uart"], &e);
+    r.assert_all_passed(&stdout(&o));
+    assert_eq!(o.status.code(), Some(1), "poweroff: {}", stderr(&o));
+    all_passed(&r, "pci:");
+    all_passed(&r, "acpi:");
+}
+
 #[test]
 fn four_cpus_in_madt_and_mp_table_and_aps_report_in() {
     let _g = VmGuard::new("mach4");

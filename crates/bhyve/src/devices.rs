@@ -2,6 +2,7 @@
 //! backend first (`plan`), then create the devices and claim their ports
 //! and MMIO ranges (`attach`).  Also the process's signal policy.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,14 +14,15 @@ use vmmapi::vmm_io::vhpet::{HPET_CAPABILITIES, VHPET_BASE, VHPET_SIZE};
 use vmmapi::vmm_io::vpmtmr::IO_PMTMR;
 use vmmapi::vmm_io::vrtc::IO_RTC;
 
-use crate::acpi::{AcpiConfig, HpetConfig, IsaUart, LpcConfig, PCI_ECAM, PciFunction};
+use crate::acpi::{AcpiConfig, HpetConfig, IsaUart, LpcConfig, PCI_ECAM};
 use crate::atkbdc::{self, Atkbdc};
 use crate::bhyverun::Machine;
 use crate::bus::{Irq, Suspender};
 use crate::callout::Callout;
-use crate::config::{Config, ConfigError};
+use crate::config::{Bdf, Config, ConfigError};
 use crate::inout::{InoutBus, InoutError};
 use crate::mem::{MemBus, MemError};
+use crate::pci_emul::Pci;
 use crate::pci_lpc::{self, COM_PORTS, ComPort, ComRes, Trigger, UART_IO_BAR_SIZE};
 use crate::pm::{self, Pm, ResetControl};
 use crate::post::{self, Post};
@@ -340,9 +342,26 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
     })
 }
 
-/// The machine as the firmware tables describe it.  Only the functions
-/// with no PCI emulation behind them yet are listed: the host bridge and
-/// the LPC bridge, neither of which has an INTx pin.
+/// The backends of the PCI UARTs, for `pci_emul::attach_pci`.
+pub fn take_pci_ttys(plan: &mut Plan) -> BTreeMap<Bdf, UartBackend> {
+    plan.pci
+        .iter_mut()
+        .filter_map(|p| p.tty.take().map(|t| (p.bdf, t)))
+        .collect()
+}
+
+/// Put bus 0 as `attach_pci` built it into the tables: its functions with
+/// their INTx pins (for `_PRT` and the MP table) and the windows the BAR
+/// allocator left (for `_CRS`).
+pub fn describe_pci(t: &mut Tables, pci: &Pci) {
+    t.machine.pci = pci.functions.clone();
+    t.machine.io_window = pci.io_window.clone();
+    t.machine.mmio32 = pci.mmio32.clone();
+    t.machine.mmio64 = pci.mmio64.clone();
+}
+
+/// The machine as the firmware tables describe it, but for bus 0's
+/// functions (see `describe_pci`).
 fn tables_for(plan: &Plan) -> Tables {
     let pci = &plan.pci;
     // The LPC COM ports; the DSDT describes them under the ISA bridge.
@@ -360,16 +379,6 @@ fn tables_for(plan: &Plan) -> Tables {
         })
         .collect();
     let on_bus0 = |p: &&PciPlan| p.bdf.0 == 0;
-    let pci_fns = pci
-        .iter()
-        .filter(on_bus0)
-        .filter(|p| matches!(p.emul.as_str(), "hostbridge" | "amd_hostbridge" | "lpc"))
-        .map(|p| PciFunction {
-            slot: p.bdf.1,
-            func: p.bdf.2,
-            intx: None,
-        })
-        .collect();
     let lpc = pci
         .iter()
         .filter(on_bus0)
@@ -385,7 +394,8 @@ fn tables_for(plan: &Plan) -> Tables {
     Tables {
         machine: AcpiConfig {
             ncpus: plan.ncpus,
-            pci: pci_fns,
+            // Filled in by `describe_pci` once bus 0 is built.
+            pci: Vec::new(),
             lpc,
             // Below 4 GiB; the id is the capability register's low half.
             hpet: Some(HpetConfig {
@@ -593,8 +603,7 @@ mod tests {
         let t = a.tables;
         assert!(t.acpi && !t.mptable);
         assert_eq!(t.machine.ncpus, 4);
-        let slots: Vec<_> = t.machine.pci.iter().map(|f| (f.slot, f.intx)).collect();
-        assert_eq!(slots, [(0, None), (31, None)]);
+        assert!(t.machine.pci.is_empty(), "bus 0 comes from describe_pci");
         let lpc = t.machine.lpc.expect("LPC bridge");
         assert_eq!(
             (lpc.slot, lpc.func, lpc.rtc, lpc.atkbdc),

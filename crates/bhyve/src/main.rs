@@ -7,7 +7,7 @@ use bhyve::bhyverun::{self, EXIT_ERROR, Machine};
 use bhyve::config::{Config, ConfigError, LPC_DEVICES, PCI_EMULATIONS};
 use bhyve::devices::{self, Wiring};
 use bhyve::irq::{IsaIrq, VmIrqSink};
-use bhyve::{tables, term};
+use bhyve::{pci_emul, tables, term};
 use clap::{Arg, ArgAction, Command};
 use vmmapi::{CpuidOpts, Response, Topology, VM_MAXCPU, VmConfig};
 
@@ -232,7 +232,7 @@ fn run(c: Config) -> ExitCode {
     };
     // Backends (disk images, taps, consoles) are opened before anything
     // changes, so a bad one leaves the instance as it was.
-    let plan = match devices::plan(&c, ncpus) {
+    let mut plan = match devices::plan(&c, ncpus) {
         Ok(p) => p,
         Err(e) => return fatal(e),
     };
@@ -253,7 +253,8 @@ fn run(c: Config) -> ExitCode {
     let vm = Arc::new(vm);
     let machine = Arc::new(Machine::new(vm.handle(), strictio));
     let h = vm.handle();
-    let attached = match devices::attach(
+    let pci_ttys = devices::take_pci_ttys(&mut plan);
+    let mut attached = match devices::attach(
         plan,
         Wiring {
             inout: &machine.inout,
@@ -266,6 +267,18 @@ fn run(c: Config) -> ExitCode {
         Ok(a) => a,
         Err(e) => return fatal(e),
     };
+    // Bus 0 after the platform devices, which own the ISA IRQs it must
+    // route around; kept alive for the whole run.
+    let pci = match pci_emul::attach_pci(
+        &machine,
+        &c,
+        &|gsi| Arc::new(IsaIrq::new(vm.clone(), gsi)),
+        pci_ttys,
+    ) {
+        Ok(p) => p,
+        Err(e) => return fatal(e),
+    };
+    devices::describe_pci(&mut attached.tables, &pci);
     if let Err(e) = tables::install(&attached.tables, vm.memory()) {
         return fatal(e);
     }
