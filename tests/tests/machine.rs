@@ -149,3 +149,13 @@ fn exit_status_follows_how_the_guest_leaves() {
         assert_eq!(o.status.code(), Some(status), "{how:?}: {}", stderr(&o));
     }
 }
+
+/// `-p vcpu:hostcpu` pins each vCPU thread; the guest runs as before.
+#[test]
+fn pinned_vcpus_run() {
+    let _g = VmGuard::new("machpin");
+    let (o, r) = boot("machpin", 2, &["-p", "0:1", "-p", "1:0"], &machine(2));
+    r.assert_all_passed(&stdout(&o));
+    assert_eq!(o.status.code(), Some(1), "poweroff: {}", stderr(&o));
+    all_passed(&r, "smp:");
+}

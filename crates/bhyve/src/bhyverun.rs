@@ -194,15 +194,26 @@ pub fn vcpu_loop(m: &Machine, mut vcpu: Vcpu) -> Option<VcpuState> {
 
 /// Run every vCPU on its own thread until the VM stops.  Returns each
 /// vCPU's final state, in order.
-pub fn run_vcpus(m: &Arc<Machine>, vcpus: Vec<Vcpu>) -> Vec<Option<VcpuState>> {
+pub fn run_vcpus(
+    m: &Arc<Machine>,
+    vcpus: Vec<Vcpu>,
+    pins: &[Option<usize>],
+) -> Vec<Option<VcpuState>> {
     let mut threads = Vec::new();
     for v in vcpus {
         let m2 = m.clone();
         let id = v.id();
+        let pin = pins.get(id).copied().flatten();
         match std::thread::Builder::new()
             .name(format!("vcpu {id}"))
-            .spawn(move || vcpu_loop(&m2, v))
-        {
+            .spawn(move || {
+                if let Some(cpu) = pin {
+                    if let Err(e) = pin_to(cpu) {
+                        m2.fail(format!("vcpu {id}: pinning to host CPU {cpu}: {e}"));
+                    }
+                }
+                vcpu_loop(&m2, v)
+            }) {
             Ok(t) => threads.push(t),
             Err(e) => m.fail(format!("starting vcpu {id} thread: {e}")),
         }
@@ -214,6 +225,20 @@ pub fn run_vcpus(m: &Arc<Machine>, vcpus: Vec<Vcpu>) -> Vec<Option<VcpuState>> {
         .into_iter()
         .map(|t| t.join().unwrap_or(None))
         .collect()
+}
+
+/// `-p`: bind the calling thread to one host CPU.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays inside it
+    // (cpu was checked against the host's CPUs); sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The exit status for how the VM stopped.

@@ -362,6 +362,33 @@ impl Config {
         Ok(())
     }
 
+    /// Each vCPU's host CPU from `vcpu.N.cpuset` (`-p N:H`), checked
+    /// against the VM's vCPUs and the host's CPUs.
+    pub fn pins(&self, ncpus: usize, host_cpus: usize) -> Result<Vec<Option<usize>>, ConfigError> {
+        let mut pins = vec![None; ncpus];
+        for (k, v) in &self.nodes {
+            let Some(n) = k
+                .strip_prefix("vcpu.")
+                .and_then(|r| r.strip_suffix(".cpuset"))
+            else {
+                continue;
+            };
+            let bad = |why: String| ConfigError::Value(k.clone(), why);
+            let n: usize = n.parse().map_err(|_| bad("not a vCPU number".into()))?;
+            let h: usize = v
+                .parse()
+                .map_err(|_| bad(format!("{v:?} is not a host CPU")))?;
+            if n >= ncpus {
+                return Err(bad(format!("no vCPU {n}: the VM has {ncpus}")));
+            }
+            if h >= host_cpus {
+                return Err(bad(format!("no host CPU {h}: the host has {host_cpus}")));
+            }
+            pins[n] = Some(h);
+        }
+        Ok(pins)
+    }
+
     /// The configured PCI functions: (bus, slot, func) → node subtree.
     pub fn pci_devices(&self) -> Vec<(Bdf, BTreeMap<String, String>)> {
         let mut out = BTreeMap::new();
@@ -385,6 +412,22 @@ pub fn parse_bool(v: &str) -> Option<bool> {
         "true" | "yes" | "on" | "1" => Some(true),
         "false" | "no" | "off" | "0" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_checked() {
+        let mut c = Config::with_defaults();
+        c.parse_pin("1:0").unwrap();
+        assert_eq!(c.pins(2, 2).unwrap(), vec![None, Some(0)]);
+        assert!(c.pins(1, 2).is_err(), "vCPU 1 of a 1-vCPU VM");
+        c.parse_pin("0:7").unwrap();
+        assert!(c.pins(2, 2).is_err(), "host CPU 7 of 2");
+        assert!(c.parse_pin("x:1").is_err());
     }
 }
 

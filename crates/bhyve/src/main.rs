@@ -192,6 +192,14 @@ fn run(c: Config) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fatal(e),
     };
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    // cpu_set_t holds CPU_SETSIZE (1024) CPUs.
+    let host_cpus = usize::try_from(online).unwrap_or(1).clamp(1, 1024);
+    let pins = match c.pins(ncpus, host_cpus) {
+        Ok(p) => p,
+        Err(e) => return fatal(e),
+    };
     let strictio = match c.get_bool("x86.strictio") {
         Ok(b) => b,
         Err(e) => return fatal(e),
@@ -329,7 +337,7 @@ fn run(c: Config) -> ExitCode {
         return fatal(e);
     }
     let signals = devices::handle_signals(&machine, attached.pm.clone());
-    let finals = bhyverun::run_vcpus(&machine, vcpus);
+    let finals = bhyverun::run_vcpus(&machine, vcpus, &pins);
     callout.stop();
     let how = vm.handle().suspended();
     let err = machine.error();
