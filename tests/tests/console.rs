@@ -245,3 +245,38 @@ fn terminal_restored_after_poweroff_and_after_sigterm() {
     assert_eq!(o.status.signal(), Some(libc::SIGTERM), "{}", stderr(&o));
     assert_eq!(termios(&slave), before, "after SIGTERM");
 }
+
+/// Once the guest enabled ACPI (0xa0 to SMI_CMD), SIGTERM presses the
+/// power button: PM1 status shows PWRBTN_STS, the guest powers off, and
+/// bhyve exits 1 instead of dying of the signal.
+#[test]
+fn sigterm_presses_the_power_button_after_acpi_enable() {
+    // mov al,0xa0; out 0xb2,al; then print 'R' (ready)
+    let mut code = vec![0xb0, 0xa0, 0xe6, 0xb2];
+    code.extend(print(b"R"));
+    // l: mov dx,0x400; in ax,dx; test ax,0x100; jz l
+    code.extend(mov_dx(0x400));
+    code.extend_from_slice(&[0xed, 0xa9, 0x00, 0x01, 0x74, 0xf7]);
+    code.extend(poweroff());
+    let _g = real_mode_vm("con_pwr", &code);
+    let mut child = bhyve(&["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio", "con_pwr"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    out.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"R");
+    // The guest waits for the button: it must still be running.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "guest did not wait for the button"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(1), "power button -> S5 -> exit 1: {st:?}");
+}
