@@ -62,7 +62,7 @@ pub struct Plan {
     /// `x86.mptable` (`-Y` clears it).
     pub mptable: bool,
     pub pci: Vec<PciPlan>,
-    /// COM ports to create at ISA resources.
+    /// The LPC bridge's COM ports, to create at their ISA resources.
     pub coms: Vec<ComPlan>,
 }
 
@@ -72,16 +72,16 @@ pub struct PciPlan {
     pub emul: String,
     pub opts: std::collections::BTreeMap<String, String>,
     pub file: Option<std::fs::File>,
-    /// A (non-legacy) PCI UART's backend.
+    /// A PCI UART's backend (legacy or not).
     pub tty: Option<UartBackend>,
 }
 
-/// A COM port: an LPC one, or a 2013 legacy PCI UART on COM resources.
+/// One of the LPC bridge's COM ports.  (A 2013 legacy PCI UART on COM
+/// resources is a PCI function, `PciPlan`: its BAR0 decodes the ports.)
 #[derive(Debug)]
 pub struct ComPlan {
     pub name: String,
     pub res: ComRes,
-    pub trigger: Trigger,
     pub backend: Option<UartBackend>,
 }
 
@@ -158,23 +158,14 @@ pub fn plan(c: &Config, ncpus: usize) -> Result<Plan, DeviceError> {
                     None => None,
                 };
                 if opts.get("legacy").is_some_and(|v| v == "true") {
-                    // The 2013 `-S` slot: the UART decodes COM1's (then
-                    // COM2's) ports and IRQ.  bhyve put it behind a PCI
-                    // function (0x131f:0x2000) with BAR0 fixed there; with
-                    // no PCI layer yet it is attached at the ISA ports
-                    // alone, keeping the level interrupt of its INTx.
+                    // The 2013 `-S` slot: a PCI function whose BAR0 and
+                    // INTx are fixed on COM1's (then COM2's) port and IRQ;
+                    // `attach_pci` builds it in the same slot order.
                     let i = legacy_owner
                         .iter()
                         .position(Option::is_none)
                         .ok_or_else(|| err("no legacy COM resources left".into()))?;
                     legacy_owner[i] = Some(who.clone());
-                    coms.push(ComPlan {
-                        name: who,
-                        res: COM_PORTS[i],
-                        trigger: Trigger::Level,
-                        backend,
-                    });
-                    continue;
                 }
                 tty = backend;
             }
@@ -199,7 +190,6 @@ pub fn plan(c: &Config, ncpus: usize) -> Result<Plan, DeviceError> {
                     coms.push(ComPlan {
                         name: res.name.into(),
                         res: *res,
-                        trigger: Trigger::Edge,
                         backend,
                     });
                 }
@@ -271,8 +261,8 @@ impl std::fmt::Debug for Wiring<'_> {
 
 /// Create the devices of `plan` and claim their ports and MMIO: the
 /// platform ones every bhyve has (PM registers, reset control, POST,
-/// keyboard controller, and vmm.ko's PM timer, RTC and HPET) and the COM
-/// ports.
+/// keyboard controller, and vmm.ko's PM timer, RTC and HPET) and the LPC
+/// COM ports.  PCI functions, legacy UARTs included, are `attach_pci`'s.
 pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
     let Wiring {
         inout,
@@ -324,7 +314,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
             &com.name,
             com.res.base,
             irq(com.res.irq),
-            com.trigger,
+            Trigger::Edge,
             backend.clone(),
         )));
         inout.register(com.res.base, UART_IO_BAR_SIZE, &com.name, port.clone())?;
@@ -342,7 +332,8 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
     })
 }
 
-/// The backends of the PCI UARTs, for `pci_emul::attach_pci`.
+/// The backends of the PCI UARTs (legacy ones too), for
+/// `pci_emul::attach_pci`.
 pub fn take_pci_ttys(plan: &mut Plan) -> BTreeMap<Bdf, UartBackend> {
     plan.pci
         .iter_mut()
@@ -368,7 +359,6 @@ fn tables_for(plan: &Plan) -> Tables {
     let uarts = plan
         .coms
         .iter()
-        .filter(|c| c.trigger == Trigger::Edge)
         .filter_map(|c| {
             let unit = COM_PORTS.iter().position(|r| *r == c.res)?;
             Some(IsaUart {
@@ -543,7 +533,6 @@ mod tests {
         let p = plan(&config(&[("31,lpc", false)], &[]), 1).unwrap();
         let names: Vec<_> = p.coms.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["com1", "com2", "com3", "com4"]);
-        assert!(p.coms.iter().all(|c| c.trigger == Trigger::Edge));
         let (s, seen) = suspender();
         let (bus, _, _) = attach_test(p, s);
         for base in [0x3f8, 0x2f8, 0x3e8, 0x2e8] {
@@ -625,21 +614,67 @@ mod tests {
         assert!(a.tables.mptable);
     }
 
+    /// The machine's buses for `attach_pci`.
+    #[derive(Default)]
+    struct Buses {
+        inout: InoutBus,
+        mem: MemBus,
+    }
+    impl crate::pci_emul::BarSpace for Buses {
+        fn inout(&self) -> &InoutBus {
+            &self.inout
+        }
+        fn mem(&self) -> &MemBus {
+            &self.mem
+        }
+    }
+
     #[test]
     fn legacy_uart_takes_com1_then_com2() {
-        let p = plan(&config(&[("31,uart", true), ("30,uart", true)], &[]), 1).unwrap();
-        let got: Vec<_> = p
-            .coms
-            .iter()
-            .map(|c| (c.name.as_str(), c.res.base, c.res.irq, c.trigger))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("pci 0:30:0 uart", 0x3f8, 4, Trigger::Level),
-                ("pci 0:31:0 uart", 0x2f8, 3, Trigger::Level)
-            ]
-        );
+        let c = config(&[("31,uart", true), ("30,uart", true)], &[]);
+        let mut p = plan(&c, 1).unwrap();
+        // PCI functions, not ISA COM ports.
+        assert!(p.coms.is_empty());
+        let slots: Vec<_> = p.pci.iter().map(|f| (f.bdf, f.emul.as_str())).collect();
+        assert_eq!(slots, [((0, 30, 0), "uart"), ((0, 31, 0), "uart")]);
+        // The platform devices leave the COM ports to the PCI layer, whose
+        // BARs then claim them (once: a second claim would fail).
+        let ttys = take_pci_ttys(&mut p);
+        let space = Arc::new(Buses::default());
+        let (s, _) = suspender();
+        let a = attach(
+            p,
+            Wiring {
+                inout: &space.inout,
+                mem: &space.mem,
+                isa_irq: &|_| Arc::new(Level::default()),
+                irqs: Arc::new(Irqs::default()),
+                suspend: s,
+            },
+        )
+        .unwrap();
+        assert_eq!(rd(&space.inout, 0x3fd, 1), Err(Unhandled::Unclaimed));
+        let lines = Arc::new(crate::pci_irq::tests::Lines::default());
+        let pci = crate::pci_emul::attach_pci(&space, &c, &lines.factory(), ttys).unwrap();
+        assert_eq!(rd(&space.inout, 0x3fd, 1), Ok(0x60), "COM1 LSR via 30.0");
+        assert_eq!(rd(&space.inout, 0x2fd, 1), Ok(0x60), "COM2 LSR via 31.0");
+        let bar0 = |slot| {
+            let f = pci.bus.function(slot, 0).unwrap();
+            let f = f.lock().unwrap();
+            (f.cfg_read(0x10, 4), f.cfg_read(0x3c, 1))
+        };
+        assert_eq!(bar0(30), (0x3f9, 4));
+        assert_eq!(bar0(31), (0x2f9, 3));
+        // In the tables as PCI functions, not as LPC COM ports.
+        let mut t = a.tables;
+        describe_pci(&mut t, &pci);
+        let f = |slot| crate::acpi::PciFunction {
+            slot,
+            func: 0,
+            intx: None,
+        };
+        assert_eq!(t.machine.pci, [f(30), f(31)]);
+        assert_eq!(t.machine.lpc, None);
         let e = plan(
             &config(&[("1,uart", true), ("2,uart", true), ("3,uart", true)], &[]),
             1,

@@ -360,6 +360,9 @@ pub struct PciFunction {
     msi_cap: Option<usize>,
     msix: Option<(usize, Arc<Mutex<Msix>>)>,
     intx: Option<Arc<Intx>>,
+    /// A 2013 legacy (`-S`) function's fixed ISA IRQ: its INTx drives this
+    /// line directly, outside the PIRQ router and `_PRT`.
+    legacy_irq: Option<u8>,
     dev: Box<dyn PciDevice>,
 }
 
@@ -394,6 +397,7 @@ impl PciFunction {
             msi_cap: None,
             msix: None,
             intx: None,
+            legacy_irq: None,
             dev,
         };
         f.set16(PCIR_VENDOR, ids.0);
@@ -583,12 +587,57 @@ impl PciFunction {
         Ok(())
     }
 
+    /// A BAR fixed at `addr` rather than placed by the allocator, decoding
+    /// from the start: the 2013 `-S` legacy resources
+    /// (`pci_emul_alloc_pbar` with a host base; the command register then
+    /// had I/O and memory decoding on at init).  The guest may still move
+    /// it, as any BAR.
+    pub fn add_fixed_bar(
+        &mut self,
+        idx: usize,
+        kind: BarKind,
+        size: u64,
+        addr: u64,
+        dev: SharedBar,
+    ) -> Result<(), PciError> {
+        self.add_bar(idx, kind, size, dev)?;
+        if let BarSlot::Bar(b) = &self.bars[idx] {
+            if addr % b.size != 0 || (kind == BarKind::Io && addr + b.size > PCI_IO_LIMIT) {
+                self.bars[idx] = BarSlot::None;
+                return Err(self.err(format!("BAR{idx} cannot be fixed at {addr:#x}")));
+            }
+        }
+        self.place_bar(idx, addr);
+        let cmd = self.get16(PCIR_COMMAND)
+            | if kind == BarKind::Io {
+                CMD_PORTEN
+            } else {
+                CMD_MEMEN
+            };
+        self.set16(PCIR_COMMAND, cmd);
+        Ok(())
+    }
+
     /// The function's INTx line (`pci_lintr_request`); the bus picks the
     /// pin and the router routes it.
     pub fn request_intx(&mut self, router: Arc<PciIrq>) -> Arc<Intx> {
         let i = Arc::new(Intx::new(router));
         self.intx = Some(i.clone());
         i
+    }
+
+    /// The 2013 legacy INTx (`pci_lintr_request(pi, ivec)` with a fixed
+    /// vector): pin INTA, interrupt line `irq`, and the line is ISA IRQ /
+    /// IO-APIC pin `irq` itself — no PIRQ link, no `_PRT` entry (the MP
+    /// table's identity-mapped ISA entry describes it).
+    pub fn request_legacy_intx(&mut self, router: Arc<PciIrq>, irq: u8) -> Arc<Intx> {
+        self.legacy_irq = Some(irq);
+        self.request_intx(router)
+    }
+
+    /// The fixed ISA IRQ of a legacy function's INTx.
+    pub fn legacy_irq(&self) -> Option<u8> {
+        self.legacy_irq
     }
 
     /// The INTx line `request_intx` made.
@@ -1018,8 +1067,10 @@ fn assign_bars(funcs: &mut [PciFunction], memsize: u64) -> Result<[Range<u64>; 3
     let mut bars = Vec::new();
     for (fi, f) in funcs.iter().enumerate() {
         for (idx, b) in f.bars.iter().enumerate() {
-            if let BarSlot::Bar(b) = b {
-                bars.push((b.size, fi, idx, b.kind));
+            // Fixed (legacy) BARs are placed already, outside the windows.
+            match b {
+                BarSlot::Bar(b) if !b.placed => bars.push((b.size, fi, idx, b.kind)),
+                _ => {}
             }
         }
     }
@@ -1064,9 +1115,10 @@ pub struct Pci {
 
 /// Build bus 0 from `pci.0.S.F.device` nodes — `hostbridge`,
 /// `amd_hostbridge`, `lpc` (the bridge's config space; its COM ports stay
-/// with pci_lpc.rs) and `uart` (not `legacy`, which devices.rs puts on COM
-/// resources) — place their BARs, route INTx, and claim ports 0xCF8 and
-/// 0xCFC–0xCFF and the ECAM window on `space`.  Other emulations are left
+/// with pci_lpc.rs) and `uart` (a 2013 `legacy` one with BAR0 and INTx
+/// fixed on COM1's, then COM2's, resources) — place their BARs, route
+/// INTx, and claim ports 0xCF8 and 0xCFC–0xCFF and the ECAM window on
+/// `space`.  Other emulations are left
 /// out.  `line(gsi)` gives interrupt lines 0–23; `uart_backends` are the
 /// PCI UARTs' backends as `devices::plan` opened them.
 pub fn attach_pci<S: BarSpace + 'static>(
@@ -1094,6 +1146,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
     }
     let mut funcs = Vec::new();
     let mut ports = Vec::new();
+    let mut nlegacy = 0;
     for ((bus, slot, func), opts) in devices {
         let emul = opts.get("device").map(String::as_str).unwrap_or_default();
         let bdf = format!("{bus}:{slot}:{func}");
@@ -1107,10 +1160,20 @@ pub fn attach_pci<S: BarSpace + 'static>(
             "hostbridge" => pci_hostbridge::new(slot, func, false, &opts)?,
             "amd_hostbridge" => pci_hostbridge::new(slot, func, true, &opts)?,
             "lpc" => pci_lpc_bridge::new(slot, func, irq.clone()),
-            "uart" if opts.get("legacy").is_some_and(|v| v == "true") => continue,
             "uart" => {
                 let be = uart_backends.remove(&(bus, slot, func));
-                let (f, port, be) = pci_uart::new(slot, func, irq.clone(), be)?;
+                let legacy = if opts.get("legacy").is_some_and(|v| v == "true") {
+                    // `pci_uart_legacy_res`, in slot order.
+                    let res = pci_uart::legacy_res(nlegacy).ok_or_else(|| PciError::Device {
+                        bdf: bdf.clone(),
+                        why: "uart: no legacy COM resources left".into(),
+                    })?;
+                    nlegacy += 1;
+                    Some(res)
+                } else {
+                    None
+                };
+                let (f, port, be) = pci_uart::new(slot, func, irq.clone(), legacy, be)?;
                 if let Some(be) = be {
                     ports.push((port, be));
                 }
@@ -1160,21 +1223,28 @@ fn build_bus<S: BarSpace + 'static>(
     enable_bars: bool,
 ) -> Result<Pci, PciError> {
     funcs.sort_by_key(|f| (f.slot, f.func));
-    // `pci_lintr_request`: the least-used of INTA–INTD in the slot.
+    // `pci_lintr_request`: the least-used of INTA–INTD in the slot; a
+    // legacy function's is INTA, as every INTx pin was in 2013.
     let mut pin_use: BTreeMap<u8, [u32; 4]> = BTreeMap::new();
     for f in funcs.iter_mut().filter(|f| f.intx.is_some()) {
+        if f.legacy_irq.is_some() {
+            f.cfg[PCIR_INTPIN] = 1;
+            continue;
+        }
         let uses = pin_use.entry(f.slot).or_default();
         let best = (0..4).min_by_key(|&p| (uses[p], p)).unwrap_or(0);
         uses[best] += 1;
         f.cfg[PCIR_INTPIN] = best as u8 + 1;
     }
     let [io_window, mmio32, mmio64] = assign_bars(&mut funcs, memsize)?;
+    // A legacy function is listed without INTx: its IRQ is an ISA one,
+    // not routed through `_PRT` or the MP table's PCI entries.
     let functions: Vec<acpi::PciFunction> = funcs
         .iter()
         .map(|f| acpi::PciFunction {
             slot: f.slot,
             func: f.func,
-            intx: f.intx_pin(),
+            intx: f.intx_pin().filter(|_| f.legacy_irq.is_none()),
         })
         .collect();
     let routes = irq.route(&functions)?;
@@ -1183,7 +1253,16 @@ fn build_bus<S: BarSpace + 'static>(
         vec![None; usize::from(NSLOTS) * usize::from(NFUNCS)];
     for mut f in funcs {
         if let (Some(pin), Some(i)) = (f.intx_pin(), f.intx.clone()) {
-            if let Some(r) = routes.iter().find(|r| r.slot == f.slot && r.pin == pin) {
+            if let Some(line) = f.legacy_irq {
+                // Straight to the ISA IRQ / IO-APIC pin, no link.
+                i.set_route(IntxRoute {
+                    slot: f.slot,
+                    pin,
+                    gsi: line,
+                    pirq: 0,
+                });
+                f.cfg[PCIR_INTLINE] = line;
+            } else if let Some(r) = routes.iter().find(|r| r.slot == f.slot && r.pin == pin) {
                 i.set_route(*r);
                 f.cfg[PCIR_INTLINE] = irq.intline(r.pirq);
             }
@@ -1496,6 +1575,116 @@ mod tests {
         assert_eq!(cfg(&s, 2, 0, PCIR_BAR0 as u32, 4), 0x2009);
         assert_eq!(s.inout.read(0x3005, &mut [0u8]), Err(Unhandled::Unclaimed));
         assert_eq!(inl(&s, 0x200d, 1), 0x60, "slot 3 untouched");
+    }
+
+    /// `-s 2,uart -S 31,uart -S 30,uart`: the legacy UARTs take COM1 and
+    /// COM2 in slot order.
+    fn legacy_config() -> Config {
+        let mut c = config(&["2,uart"]);
+        c.parse_slot("31,uart", true).unwrap();
+        c.parse_slot("30,uart", true).unwrap();
+        c
+    }
+
+    #[test]
+    fn pci_legacy_uart_on_com1_then_com2() {
+        let space = Arc::new(Buses::default());
+        let lines = Arc::new(Lines::default());
+        let pci = attach_pci(&space, &legacy_config(), &lines.factory(), BTreeMap::new()).unwrap();
+        let s = &*space;
+        let (bar0, line, pin) = (PCIR_BAR0 as u32, PCIR_INTLINE as u32, PCIR_INTPIN as u32);
+        // The first legacy UART: the PCI UART's identity, BAR0 an I/O BAR
+        // at COM1's 0x3f8, decoding, interrupt line 4 on pin INTA.
+        assert_eq!(cfg(s, 30, 0, 0, 4), 0x2000_131f);
+        assert_eq!(cfg(s, 30, 0, 8, 4) >> 8, 0x07_0000, "simple comm");
+        assert_eq!(cfg(s, 30, 0, bar0, 4), 0x3f9);
+        assert_eq!(cfg(s, 30, 0, line, 1), 4);
+        assert_eq!(cfg(s, 30, 0, pin, 1), 1);
+        assert_eq!(cfg(s, 30, 0, 4, 2), u32::from(CMD_BUSMASTEREN | CMD_PORTEN));
+        // The second: COM2's 0x2f8 and IRQ 3.
+        assert_eq!(cfg(s, 31, 0, 0, 4), 0x2000_131f);
+        assert_eq!(cfg(s, 31, 0, bar0, 4), 0x2f9);
+        assert_eq!(cfg(s, 31, 0, line, 1), 3);
+        assert_eq!(cfg(s, 31, 0, pin, 1), 1);
+        // The other UART still comes from the window, which the fixed
+        // BARs do not touch; it alone is routed through a link.
+        assert_eq!(cfg(s, 2, 0, bar0, 4), 0x2001);
+        assert_eq!(pci.io_window, 0x2000..0x2040, "0x2008 + 32, rounded");
+        let f = |slot, intx| acpi::PciFunction {
+            slot,
+            func: 0,
+            intx,
+        };
+        assert_eq!(
+            pci.functions,
+            [f(2, Some(1)), f(30, None), f(31, None)],
+            "listed, without _PRT/MP table INTx entries"
+        );
+        assert_eq!(pci.routes.iter().map(|r| r.slot).collect::<Vec<_>>(), [2]);
+        assert_eq!(cfg(s, 2, 0, line, 1), 5, "COM IRQs reserved");
+        // Port 0x3f8 reaches the UART through BAR0; it interrupts on IRQ 4,
+        // held while the reason lasts.
+        assert_eq!(inl(s, 0x3fd, 1), 0x60, "LSR: THRE|TEMT");
+        lines.take();
+        outl(s, 0x3f9, 1, IER_ETXRDY.into());
+        assert_eq!(lines.take(), BTreeMap::from([(4, vec![true])]));
+        assert_eq!(inl(s, 0x3fa, 1), u32::from(IIR_TXRDY));
+        assert_eq!(lines.take(), BTreeMap::from([(4, vec![false])]));
+        outl(s, 0x2f9, 1, IER_ETXRDY.into());
+        assert_eq!(lines.take(), BTreeMap::from([(3, vec![true])]), "COM2");
+        // INTx disable holds it, as for any PCI function.
+        cfg_w(s, 31, 0, 4, 2, u32::from(CMD_PORTEN | CMD_INTXDIS));
+        assert_eq!(lines.take(), BTreeMap::from([(3, vec![false])]));
+        cfg_w(s, 31, 0, 4, 2, u32::from(CMD_PORTEN));
+        assert_eq!(lines.take(), BTreeMap::from([(3, vec![true])]));
+        // Port 0x3f8 is claimed once, by the BAR.
+        let isa = Arc::new(Mutex::new(IoWindow {
+            base: 0x3f8,
+            dev: echo(),
+        }));
+        assert_eq!(
+            s.inout
+                .register(0x3f8, 8, "com1", isa)
+                .unwrap_err()
+                .to_string(),
+            "I/O ports 0x3f8-0x3ff (com1) overlap pci 0:30:0 uart bar0"
+        );
+        // As in bhyve the guest may size and move it, and put it back.
+        cfg_w(s, 30, 0, bar0, 4, u32::MAX);
+        assert_eq!(cfg(s, 30, 0, bar0, 4), 0xfff9);
+        cfg_w(s, 30, 0, bar0, 4, 0x3000);
+        assert_eq!(inl(s, 0x3005, 1), 0x60);
+        assert_eq!(s.inout.read(0x3fd, &mut [0u8]), Err(Unhandled::Unclaimed));
+        cfg_w(s, 30, 0, bar0, 4, 0x3f8);
+        assert_eq!(cfg(s, 30, 0, bar0, 4), 0x3f9);
+        assert_eq!(inl(s, 0x3fd, 1), 0x60);
+        assert_eq!(s.inout.read(0x3005, &mut [0u8]), Err(Unhandled::Unclaimed));
+        // Fixed BARs decode from the start even when bhyve leaves
+        // decoding to a boot ROM.
+        let mut c = legacy_config();
+        c.set("pci.enable_bars", "false");
+        let space = Arc::new(Buses::default());
+        attach_pci(&space, &c, &lines.factory(), BTreeMap::new()).unwrap();
+        assert_eq!(
+            cfg(&space, 30, 0, 4, 2),
+            u32::from(CMD_BUSMASTEREN | CMD_PORTEN)
+        );
+        assert_eq!(cfg(&space, 2, 0, 4, 2), u32::from(CMD_BUSMASTEREN));
+        assert_eq!(inl(&space, 0x2fd, 1), 0x60);
+        // A third has no resources left.
+        let mut c = legacy_config();
+        c.parse_slot("29,uart", true).unwrap();
+        let e = attach_pci(
+            &Arc::new(Buses::default()),
+            &c,
+            &lines.factory(),
+            BTreeMap::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pci 0:31:0: uart: no legacy COM resources left"
+        );
     }
 
     fn echo() -> SharedBar {

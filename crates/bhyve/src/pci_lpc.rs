@@ -4,8 +4,9 @@
 //! callback `uart_drain`).
 //!
 //! The LPC bridge registers COM1–COM4 at their ISA resources whether or not
-//! a backend is configured; the 2013 legacy PCI UART (`-S 31,uart,stdio`)
-//! borrows COM1's and then COM2's resources (`uart_legacy_alloc`).
+//! a backend is configured.  The 2013 legacy PCI UART (`-S 31,uart,stdio`)
+//! is the same port behind a PCI function whose BAR0 and INTx are fixed on
+//! COM1's and then COM2's resources (pci_uart.rs).
 
 use std::sync::{Arc, Mutex};
 

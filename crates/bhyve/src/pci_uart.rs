@@ -2,13 +2,18 @@
 //! puc/uart drivers know, the 16550 (uart_emul.rs, wrapped as the COM
 //! port of pci_lpc.rs) in an 8-byte I/O BAR0, and INTx as its level
 //! interrupt.
+//!
+//! A 2013 legacy one (`-S slot,uart[,backend]`) has BAR0 fixed at COM1's
+//! ports (then COM2's) and its INTx on COM1's IRQ 4 (then COM2's IRQ 3),
+//! as `pci_uart_legacy_res` gave them: the same function, so the guest
+//! finds both a PCI UART and the standard COM port, one device.
 
 use std::sync::{Arc, Mutex};
 
 use crate::bus::PioDevice;
 use crate::pci_emul::{BarDevice, BarKind, PciError, PciFunction, Plain};
 use crate::pci_irq::PciIrq;
-use crate::pci_lpc::{ComPort, Trigger, UART_IO_BAR_SIZE};
+use crate::pci_lpc::{COM_PORTS, ComPort, ComRes, Trigger, UART_IO_BAR_SIZE};
 use crate::uart_backend::UartBackend;
 
 pub const UART_IDS: (u16, u16) = (0x131f, 0x2000);
@@ -29,10 +34,19 @@ impl BarDevice for ComPort {
 /// start that thread with.
 pub type PciUart = (PciFunction, Arc<Mutex<ComPort>>, Option<Arc<UartBackend>>);
 
+/// `pci_uart_lres`: the resources of the `n`th legacy UART — COM1's, then
+/// COM2's, then none.
+pub fn legacy_res(n: usize) -> Option<ComRes> {
+    COM_PORTS.get(..2)?.get(n).copied()
+}
+
+/// A PCI UART; `legacy` fixes BAR0 and the interrupt on those COM
+/// resources.
 pub fn new(
     slot: u8,
     func: u8,
     irq: Arc<PciIrq>,
+    legacy: Option<ComRes>,
     backend: Option<UartBackend>,
 ) -> Result<PciUart, PciError> {
     let mut f = PciFunction::new(
@@ -43,7 +57,10 @@ pub fn new(
         (CLASS_SIMPLECOMM, 0, 0),
         Box::new(Plain),
     );
-    let intx = f.request_intx(irq);
+    let intx = match legacy {
+        Some(res) => f.request_legacy_intx(irq, res.irq as u8),
+        None => f.request_intx(irq),
+    };
     let backend = backend.map(Arc::new);
     let port = Arc::new(Mutex::new(ComPort::new(
         f.name(),
@@ -52,7 +69,11 @@ pub fn new(
         Trigger::Level,
         backend.clone(),
     )));
-    f.add_bar(0, BarKind::Io, UART_IO_BAR_SIZE.into(), port.clone())?;
+    let size = UART_IO_BAR_SIZE.into();
+    match legacy {
+        Some(res) => f.add_fixed_bar(0, BarKind::Io, size, res.base.into(), port.clone())?,
+        None => f.add_bar(0, BarKind::Io, size, port.clone())?,
+    }
     Ok((f, port, backend))
 }
 
@@ -72,7 +93,7 @@ mod tests {
         let mut m = std::fs::File::from(std::os::fd::OwnedFd::from(master));
         let lines = Arc::new(Lines::default());
         let irq = Arc::new(PciIrq::new(&lines.factory()));
-        let (f, port, be) = new(4, 0, irq.clone(), Some(be)).unwrap();
+        let (f, port, be) = new(4, 0, irq.clone(), None, Some(be)).unwrap();
         assert!(be.is_some());
         assert_eq!(f.intx_pin(), Some(0), "pin chosen by the bus");
         let routes = irq

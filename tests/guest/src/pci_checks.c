@@ -124,8 +124,11 @@ static void check_details(u32 s, u32 f, u16 vendor, u16 device)
 		}
 		check_result(ok, "PIRQ registers 0x%x 0x%x", r0, r1);
 	}
-	if (vendor == 0x131f && device == 0x2000 && check_begin_bhyve("pci: 0:%u.%u uart: BAR0 I/O in 0x2000-0xffff, 8-byte aligned, I/O decode on; INTx pin 1-4", s, f))
-		check_result((bar0 & 1) && (bar0 & ~3u) >= 0x2000 && (bar0 & ~3u) < 0x10000 && !(bar0 & 4) &&
+	/* A 2013 legacy (-S) UART has BAR0 fixed at COM1's or COM2's port and
+	 * its interrupt line on that COM IRQ (§1.5, §4.4). */
+	int legacy = (bar0 == 0x3f9 && line == 4) || (bar0 == 0x2f9 && line == 3);
+	if (vendor == 0x131f && device == 0x2000 && check_begin_bhyve("pci: 0:%u.%u uart: BAR0 I/O in 0x2000-0xffff, 8-byte aligned (legacy: 0x3f8 line 4 or 0x2f8 line 3), I/O decode on; INTx pin 1-4", s, f))
+		check_result((bar0 & 1) && (legacy || ((bar0 & ~3u) >= 0x2000 && (bar0 & ~3u) < 0x10000 && !(bar0 & 4))) &&
 		    (cmd & 1) && pin >= 1 && pin <= 4, "BAR0 0x%x command 0x%x pin %u line %u", bar0, cmd, pin, line);
 }
 
