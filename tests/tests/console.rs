@@ -280,3 +280,28 @@ fn sigterm_presses_the_power_button_after_acpi_enable() {
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(1), "power button -> S5 -> exit 1: {st:?}");
 }
+
+/// An MSR KVM does not know: #GP by default (bhyve's x86.strictmsr), read
+/// as 0 with -w. The guest prints R after the RDMSR, or G from its #GP
+/// handler (IVT vector 13), then powers off.
+#[test]
+fn unknown_msr_faults_unless_w() {
+    for (name, flags, want) in [("msr0", &[][..], "G"), ("msr1", &["-w"][..], "R")] {
+        // mov ecx, 0x12345678; rdmsr; print R
+        let mut code = vec![0x66, 0xb9, 0x78, 0x56, 0x34, 0x12, 0x0f, 0x32];
+        code.extend(print(b"R"));
+        code.extend(poweroff());
+        let _g = real_mode_vm(name, &code);
+        let mut handler = print(b"G");
+        handler.extend(poweroff());
+        let mut ctx = vmmapi::vm_open(name).unwrap();
+        ctx.vm_copyin(0x1800, &handler).unwrap();
+        ctx.vm_copyin(13 * 4, &[0x00, 0x18, 0x00, 0x00]).unwrap();
+        let mut args = vec!["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio"];
+        args.extend(flags);
+        args.push(name);
+        let o = bhyve(&args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(stdout(&o), want, "{flags:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+    }
+}

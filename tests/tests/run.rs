@@ -19,6 +19,7 @@ fn run_guest(name: &str, answer: u32) -> (Vec<u32>, Suspend) {
         .vm_build(VmConfig {
             ncpus: 1,
             cpuid: Default::default(),
+            lenient_msr: false,
         })
         .unwrap();
     let mut vcpu = vm.create_vcpu(0, st.vcpus.first()).unwrap();

@@ -200,6 +200,10 @@ fn run(c: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fatal(e),
     };
+    let strictmsr = match c.get_bool("x86.strictmsr") {
+        Ok(b) => b,
+        Err(e) => return fatal(e),
+    };
     let strictio = match c.get_bool("x86.strictio") {
         Ok(b) => b,
         Err(e) => return fatal(e),
@@ -254,6 +258,7 @@ fn run(c: Config) -> ExitCode {
             },
             x2apic: c.get_bool("x86.x2apic").unwrap_or(false),
         },
+        lenient_msr: !strictmsr,
     }) {
         Ok(vm) => vm,
         Err(e) => return fatal(e),

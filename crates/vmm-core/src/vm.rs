@@ -18,9 +18,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
-    KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED, KVM_PIT_SPEAKER_DUMMY, Msrs,
-    kvm_dtable, kvm_fpu, kvm_msi, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
+    CpuId, KVM_CAP_X86_USER_SPACE_MSR, KVM_INTERNAL_ERROR_EMULATION, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+    KVM_MSR_EXIT_REASON_UNKNOWN, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_dtable, kvm_enable_cap, kvm_fpu,
+    kvm_msi, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
@@ -148,6 +149,10 @@ struct VmShared {
 pub struct VmConfig {
     pub ncpus: usize,
     pub cpuid: CpuidOpts,
+    /// bhyve -w (`x86.strictmsr=false`): an MSR KVM does not know reads as
+    /// 0 and ignores writes instead of raising #GP (KVM's, and bhyve's,
+    /// default).
+    pub lenient_msr: bool,
 }
 
 /// A running VM: the KVM VM of an instance in this process.
@@ -231,6 +236,16 @@ impl Vm {
         fd.set_identity_map_address(0xfffb_c000)
             .map_err(kvm_err("setting identity map address"))?;
         fd.create_irq_chip().map_err(kvm_err("creating irqchip"))?;
+        if cfg.lenient_msr {
+            // Unknown MSRs come to user space (answered in Vcpu::run).
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_USER_SPACE_MSR,
+                ..Default::default()
+            };
+            cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_UNKNOWN);
+            fd.enable_cap(&cap)
+                .map_err(kvm_err("forwarding unknown MSRs (-w)"))?;
+        }
         fd.create_pit2(kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -809,6 +824,16 @@ impl Vcpu {
                     None
                 }
                 VcpuExit::Intr => None,
+                // Only enabled with -w: unknown MSRs read 0, writes vanish.
+                VcpuExit::X86Rdmsr(m) => {
+                    *m.data = 0;
+                    *m.error = 0;
+                    None
+                }
+                VcpuExit::X86Wrmsr(m) => {
+                    *m.error = 0;
+                    None
+                }
                 VcpuExit::InternalError => Some(self.internal_error()?),
                 VcpuExit::FailEntry(reason, cpu) => Some(VmExit::Unhandled(format!(
                     "VM entry failed on cpu {cpu}: hardware reason {reason:#x}"
