@@ -305,3 +305,24 @@ fn unknown_msr_faults_unless_w() {
         assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
     }
 }
+
+/// -x: the local APIC starts in x2APIC mode (APIC_BASE.EXTD); -a or
+/// nothing: xAPIC. The guest prints X or N after reading APIC_BASE.
+#[test]
+fn x2apic_mode_with_x() {
+    for (name, flags, want) in [("x2a0", &[][..], "N"), ("x2a1", &["-x"][..], "X")] {
+        // mov ecx,0x1b; rdmsr; test ah,4; mov al,'N'; jz +2; mov al,'X'
+        let mut code = vec![0x66, 0xb9, 0x1b, 0, 0, 0, 0x0f, 0x32];
+        code.extend_from_slice(&[0xf6, 0xc4, 0x04, 0xb0, b'N', 0x74, 0x02, 0xb0, b'X']);
+        code.extend(mov_dx(0x3f8));
+        code.push(0xee);
+        code.extend(poweroff());
+        let _g = real_mode_vm(name, &code);
+        let mut args = vec!["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio"];
+        args.extend(flags);
+        args.push(name);
+        let o = bhyve(&args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(stdout(&o), want, "{flags:?}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+    }
+}

@@ -242,6 +242,7 @@ pub mod msr {
     pub const SYSENTER_ESP: u32 = 0x175;
     pub const SYSENTER_EIP: u32 = 0x176;
     pub const PAT: u32 = 0x277;
+    pub const APIC_BASE: u32 = 0x1b;
     /// Saved and restored besides EFER (which lives in sregs under KVM).
     pub const SAVED: [u32; 9] = [
         STAR,

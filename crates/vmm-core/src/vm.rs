@@ -335,6 +335,26 @@ impl Vm {
             ..Default::default()
         };
         fd.set_fpu(&fpu).map_err(kvm_err("setting FPU"))?;
+        if self.cfg.cpuid.x2apic {
+            // bhyve -x: the local APIC comes out of reset in x2APIC mode
+            // (APIC_BASE: enabled, EXTD, BSP flag on vCPU 0).
+            let bsp = if id == 0 { 1 << 8 } else { 0 };
+            let base = kvm_msr_entry {
+                index: msr::APIC_BASE,
+                data: 0xfee0_0000 | (1 << 11) | (1 << 10) | bsp,
+                ..Default::default()
+            };
+            let msrs = Msrs::from_entries(&[base]).map_err(|_| Error::Kvm {
+                what: "building MSR list",
+                source: kvm_ioctls::Error::new(libc::E2BIG),
+            })?;
+            if fd.set_msrs(&msrs).map_err(kvm_err("setting APIC_BASE"))? != 1 {
+                return Err(Error::Kvm {
+                    what: "putting the local APIC in x2APIC mode (-x)",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                });
+            }
+        }
         let vcpu = Vcpu {
             id,
             fd,
