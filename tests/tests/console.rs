@@ -326,3 +326,44 @@ fn x2apic_mode_with_x() {
         assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
     }
 }
+
+/// -D destroys the instance when the guest powers off; -e turns an access
+/// to a port nobody emulates into an error (exit 4), which is otherwise
+/// ignored (reads all ones).
+#[test]
+fn destroy_on_poweroff_and_strict_io() {
+    let _g = real_mode_vm("dpo", &poweroff());
+    let o = bhyve(&["-m", "16M", "-D", "dpo"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!exists("dpo"), "-D leaves no instance");
+
+    // in al,0x99 (nothing there); then power off.
+    let mut code = vec![0xe4, 0x99];
+    code.extend(poweroff());
+    let _g = real_mode_vm("eio", &code);
+    let o = bhyve(&["-m", "16M", "eio"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "ignored without -e: {}",
+        stderr(&o)
+    );
+    // A fresh instance: a run leaves the final vCPU state behind.
+    let _g2 = real_mode_vm("eio2", &code);
+    let o = bhyve(&["-m", "16M", "-e", "eio2"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0x99"),
+        "names the port: {}",
+        stderr(&o)
+    );
+}
