@@ -281,6 +281,17 @@ fn sigterm_presses_the_power_button_after_acpi_enable() {
     assert_eq!(st.code(), Some(1), "power button -> S5 -> exit 1: {st:?}");
 }
 
+/// Run `name` with COM1 on stdio and `flags`; the guest prints `want`
+/// and powers off.
+fn expect_com1_then_poweroff(name: &str, flags: &[&str], want: &str) {
+    let mut args = vec!["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio"];
+    args.extend(flags);
+    args.push(name);
+    let o = bhyve(&args).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(stdout(&o), want, "{flags:?}: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+}
+
 /// An MSR KVM does not know: #GP by default (bhyve's x86.strictmsr), read
 /// as 0 with -w. The guest prints R after the RDMSR, or G from its #GP
 /// handler (IVT vector 13), then powers off.
@@ -297,12 +308,7 @@ fn unknown_msr_faults_unless_w() {
         let mut ctx = vmmapi::vm_open(name).unwrap();
         ctx.vm_copyin(0x1800, &handler).unwrap();
         ctx.vm_copyin(13 * 4, &[0x00, 0x18, 0x00, 0x00]).unwrap();
-        let mut args = vec!["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio"];
-        args.extend(flags);
-        args.push(name);
-        let o = bhyve(&args).stdin(Stdio::null()).output().unwrap();
-        assert_eq!(stdout(&o), want, "{flags:?}: {}", stderr(&o));
-        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+        expect_com1_then_poweroff(name, flags, want);
     }
 }
 
@@ -318,12 +324,7 @@ fn x2apic_mode_with_x() {
         code.push(0xee);
         code.extend(poweroff());
         let _g = real_mode_vm(name, &code);
-        let mut args = vec!["-m", "16M", "-s", "31,lpc", "-l", "com1,stdio"];
-        args.extend(flags);
-        args.push(name);
-        let o = bhyve(&args).stdin(Stdio::null()).output().unwrap();
-        assert_eq!(stdout(&o), want, "{flags:?}: {}", stderr(&o));
-        assert_eq!(o.status.code(), Some(1), "{flags:?}: {}", stderr(&o));
+        expect_com1_then_poweroff(name, flags, want);
     }
 }
 
