@@ -301,6 +301,22 @@ pub fn raw_pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Disk contents the guest's virtio-blk checks expect ([`Expect::vblk_pattern`],
+/// [`Expect::vblk_write`]): `len` bytes starting at byte offset `offset` of
+/// the disk, byte `i` = `(v * 31 + seed * 101 + 0x5a) mod 256` with
+/// `v = i ^ i>>8 ^ i>>16 ^ i>>24 ^ i>>32 ^ i>>40` (u64, wrapping).
+/// `vblk_pattern(seed, 0, size)` is a whole image for `test.vblk_pattern`.
+pub fn vblk_pattern(seed: u64, offset: u64, len: usize) -> Vec<u8> {
+    (offset..offset + len as u64)
+        .map(|i| {
+            let v = i ^ (i >> 8) ^ (i >> 16) ^ (i >> 24) ^ (i >> 32) ^ (i >> 40);
+            v.wrapping_mul(31)
+                .wrapping_add(seed.wrapping_mul(101))
+                .wrapping_add(0x5a) as u8
+        })
+        .collect()
+}
+
 /// How the guest leaves the VM after its summary (`test.exit`), and the
 /// bhyve exit status each produces (bhyve-platform.md §1.2, §3.3, §3.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +381,12 @@ pub struct Expect {
     pmtimer: bool,
     hpet: bool,
     rtc: Option<String>,
+    vblk: Option<u8>,
+    vblk_sectors: Option<u64>,
+    vblk_serial: Option<String>,
+    vblk_pattern: Option<u64>,
+    vblk_write: Option<(u64, u32, u64)>,
+    vblk_ro: bool,
 }
 
 impl Expect {
@@ -511,6 +533,61 @@ impl Expect {
         self.rtc_date(y, m, d)
     }
 
+    /// `test.vblk=S`: a legacy virtio-blk function at `0:S.0` (bhyve
+    /// `-s S,virtio-blk,IMAGE`), driven by the guest's polled driver
+    /// (§4.5, §4.6; checks `vblk: ...`): IDs, class, subsystem, BAR0,
+    /// reset, ACKNOWLEDGE|DRIVER, host features (exactly SEG_MAX, BLK_SIZE,
+    /// FLUSH, TOPOLOGY, INDIRECT_DESC, DISCARD optional), guest features
+    /// SEG_MAX|BLK_SIZE|FLUSH, queue 0 of 128 entries at a PFN, DRIVER_OK,
+    /// config blk_size 512 and seg_max 126, GET_ID, ISR, an unknown request
+    /// type → UNSUPP, and STATUS=0 forgetting the queue at the end. The
+    /// other `vblk_*` expectations add to it.
+    pub fn vblk(mut self, slot: u8) -> Self {
+        assert!(slot < 32, "bad PCI slot {slot}");
+        self.vblk = Some(slot);
+        self
+    }
+    /// `test.vblk_sectors=N`: config capacity is N 512-byte sectors.
+    pub fn vblk_sectors(mut self, n: u64) -> Self {
+        self.vblk_sectors = Some(n);
+        self
+    }
+    /// `test.vblk_serial=S`: GET_ID returns `s` (bhyve `ser=`/`serial=`),
+    /// NUL-padded when shorter than 20 bytes. Without it the guest wants
+    /// bhyve's default `BHYVE-XXXX-XXXX-XXXX`.
+    pub fn vblk_serial(mut self, s: &str) -> Self {
+        assert!(
+            s.len() <= 20 && !s.contains(char::is_whitespace) && !s.contains('\0'),
+            "virtio-blk serial must be at most 20 bytes without blanks"
+        );
+        self.vblk_serial = Some(s.to_string());
+        self
+    }
+    /// `test.vblk_pattern=SEED`: the image holds [`vblk_pattern`]`(seed, 0,
+    /// size)`; the guest reads sectors 0–3 (one descriptor) and the last
+    /// sector and compares.
+    pub fn vblk_pattern(mut self, seed: u64) -> Self {
+        self.vblk_pattern = Some(seed);
+        self
+    }
+    /// `test.vblk_write=LBA,COUNT,SEED`: the guest writes `count` (1–8)
+    /// sectors at `lba` with [`vblk_pattern`]`(seed, lba * 512, count *
+    /// 512)`, FLUSHes and reads them back (two data descriptors). The image
+    /// holds those bytes after bhyve exits. With [`Expect::vblk_ro`] the
+    /// write must complete IOERR instead (and, with
+    /// [`Expect::vblk_pattern`], the sectors still hold the old pattern).
+    pub fn vblk_write(mut self, lba: u64, count: u32, seed: u64) -> Self {
+        assert!((1..=8).contains(&count), "the guest writes 1..8 sectors");
+        self.vblk_write = Some((lba, count, seed));
+        self
+    }
+    /// `test.vblk_ro=1`: the backend is read-only (`ro`): a write completes
+    /// with status IOERR.
+    pub fn vblk_ro(mut self) -> Self {
+        self.vblk_ro = true;
+        self
+    }
+
     /// `name=value` strings, one per variable (for `bhyveload -e`).
     pub fn kenv(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -578,6 +655,24 @@ impl Expect {
         }
         if let Some(d) = &self.rtc {
             v.push(format!("test.rtc={d}"));
+        }
+        if let Some(s) = self.vblk {
+            v.push(format!("test.vblk={s}"));
+        }
+        if let Some(n) = self.vblk_sectors {
+            v.push(format!("test.vblk_sectors={n}"));
+        }
+        if let Some(s) = &self.vblk_serial {
+            v.push(format!("test.vblk_serial={s}"));
+        }
+        if let Some(seed) = self.vblk_pattern {
+            v.push(format!("test.vblk_pattern={seed}"));
+        }
+        if let Some((lba, count, seed)) = self.vblk_write {
+            v.push(format!("test.vblk_write={lba},{count},{seed}"));
+        }
+        if self.vblk_ro {
+            v.push("test.vblk_ro=1".into());
         }
         v
     }
@@ -938,6 +1033,54 @@ GUEST-EXIT poweroff\r\n";
             p[0x10203],
             (((0x10203u64 ^ 0x102 ^ 0x1) * 31 + 0x5a) & 0xff) as u8
         );
+    }
+
+    #[test]
+    fn vblk_expectations_become_kenv() {
+        let e = Expect::new()
+            .vblk(4)
+            .vblk_sectors(2048)
+            .vblk_serial("BHYVE-TEST-0001")
+            .vblk_pattern(7)
+            .vblk_write(100, 3, 0x99)
+            .vblk_ro();
+        assert_eq!(
+            e.kenv(),
+            vec![
+                "test.vblk=4",
+                "test.vblk_sectors=2048",
+                "test.vblk_serial=BHYVE-TEST-0001",
+                "test.vblk_pattern=7",
+                "test.vblk_write=100,3,153",
+                "test.vblk_ro=1",
+            ]
+        );
+        assert!(e.loader_conf().contains("test.vblk_write=\"100,3,153\"\n"));
+        assert_eq!(Expect::new().vblk(0).kenv(), vec!["test.vblk=0"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "1..8 sectors")]
+    fn vblk_write_rejects_big_count() {
+        let _ = Expect::new().vblk_write(0, 9, 1);
+    }
+
+    #[test]
+    fn vblk_pattern_matches_guest_formula() {
+        let p = vblk_pattern(7, 0, 1024);
+        assert_eq!(p[0], ((7 * 101 + 0x5a) & 0xff) as u8);
+        assert_eq!(p[1], ((31 + 7 * 101 + 0x5a) & 0xff) as u8);
+        // i = 0x203: v = 0x203 ^ 0x2 = 0x201
+        assert_eq!(p[0x203], ((0x201 * 31 + 7 * 101 + 0x5a) & 0xff) as u8);
+        // an offset window is the same bytes as the whole image
+        assert_eq!(vblk_pattern(7, 512, 512), p[512..].to_vec());
+        // far offsets use the high shifts: i = 1<<40 -> v = (1<<40) ^ 1
+        let far = vblk_pattern(3, 1 << 40, 1)[0];
+        let v: u64 = (1 << 40) ^ 1;
+        assert_eq!(far, (v.wrapping_mul(31) + 303 + 0x5a) as u8);
+        // the seed changes every byte
+        let q = vblk_pattern(8, 0, 1024);
+        assert!(p.iter().zip(&q).all(|(a, b)| a != b));
     }
 
     #[test]

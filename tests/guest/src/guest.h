@@ -209,6 +209,7 @@ void pci_checks(void);		/* test.pci */
 void timer_checks(void);	/* test.pmtimer, test.hpet, test.rtc */
 void irq_checks(void);		/* test.uart_irq */
 void smp_checks(void);		/* test.ncpus */
+void vblk_checks(void);		/* test.vblk (vblk_checks.c) */
 
 /* acpi_checks.c: tables found by the RSDP scan (KERNBASE VAs or NULL) */
 struct acpi_tables {

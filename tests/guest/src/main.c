@@ -168,6 +168,7 @@ void kmain(int via_multiboot, u32 mb_magic, u32 mb_info)
 	pci_checks();
 	timer_checks();
 	irq_checks();
+	vblk_checks();
 	smp_checks();
 
 	check_summary();
