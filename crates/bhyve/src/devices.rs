@@ -3,7 +3,6 @@
 //! and MMIO ranges (`attach`).  Also the process's signal policy.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -17,6 +16,7 @@ use vmmapi::vmm_io::vrtc::IO_RTC;
 use crate::acpi::{AcpiConfig, HpetConfig, IsaUart, LpcConfig, PCI_ECAM};
 use crate::atkbdc::{self, Atkbdc};
 use crate::bhyverun::Machine;
+use crate::blockif::Disk;
 use crate::bus::{Irq, Suspender};
 use crate::callout::Callout;
 use crate::config::{Bdf, Config, ConfigError};
@@ -71,7 +71,8 @@ pub struct PciPlan {
     pub bdf: (u8, u8, u8),
     pub emul: String,
     pub opts: std::collections::BTreeMap<String, String>,
-    pub file: Option<std::fs::File>,
+    /// A virtio-blk image, opened with its options.
+    pub disk: Option<Disk>,
     /// A PCI UART's backend (legacy or not).
     pub tty: Option<UartBackend>,
 }
@@ -122,20 +123,14 @@ pub fn plan(c: &Config, ncpus: usize) -> Result<Plan, DeviceError> {
             emul: emul.clone(),
             why,
         };
-        let mut file = None;
+        let mut disk = None;
         let mut tty = None;
         match emul.as_str() {
             "virtio-blk" => {
                 let path = opts
                     .get("path")
                     .ok_or_else(|| err("missing disk image path".into()))?;
-                let ro = opts.contains_key("ro");
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(!ro)
-                    .open(path)
-                    .map_err(|e| err(format!("{path}: {e}")))?;
-                file = Some(f);
+                disk = Some(Disk::open(path, &opts).map_err(|e| err(e.to_string()))?);
             }
             "virtio-net" => {
                 let tap = opts
@@ -200,7 +195,7 @@ pub fn plan(c: &Config, ncpus: usize) -> Result<Plan, DeviceError> {
             bdf,
             emul,
             opts,
-            file,
+            disk,
             tty,
         });
     }
@@ -330,6 +325,14 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
         callout,
         tables,
     })
+}
+
+/// The virtio-blk images, for `pci_emul::attach_pci`.
+pub fn take_pci_disks(plan: &mut Plan) -> BTreeMap<Bdf, Disk> {
+    plan.pci
+        .iter_mut()
+        .filter_map(|p| p.disk.take().map(|d| (p.bdf, d)))
+        .collect()
 }
 
 /// The backends of the PCI UARTs (legacy ones too), for
@@ -655,7 +658,7 @@ mod tests {
         .unwrap();
         assert_eq!(rd(&space.inout, 0x3fd, 1), Err(Unhandled::Unclaimed));
         let lines = Arc::new(crate::pci_irq::tests::Lines::default());
-        let pci = crate::pci_emul::attach_pci(&space, &c, &lines.factory(), ttys).unwrap();
+        let pci = crate::pci_emul::attach_pci(&space, &c, &lines.factory(), ttys, None).unwrap();
         assert_eq!(rd(&space.inout, 0x3fd, 1), Ok(0x60), "COM1 LSR via 30.0");
         assert_eq!(rd(&space.inout, 0x2fd, 1), Ok(0x60), "COM2 LSR via 31.0");
         let bar0 = |slot| {

@@ -267,6 +267,11 @@ fn run(c: Config) -> ExitCode {
     let machine = Arc::new(Machine::new(vm.handle(), strictio));
     let h = vm.handle();
     let pci_ttys = devices::take_pci_ttys(&mut plan);
+    let virtio = pci_emul::VirtioBackends {
+        mem: vm.memory().clone(),
+        msi: vm.clone(),
+        disks: devices::take_pci_disks(&mut plan),
+    };
     let mut attached = match devices::attach(
         plan,
         Wiring {
@@ -287,6 +292,7 @@ fn run(c: Config) -> ExitCode {
         &c,
         &|gsi| Arc::new(IsaIrq::new(vm.clone(), gsi)),
         pci_ttys,
+        Some(virtio),
     ) {
         Ok(p) => p,
         Err(e) => return fatal(e),

@@ -14,13 +14,15 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::acpi::{self, AcpiError, IntxRoute, PCI_ECAM, PCI_IO_BASE, PCI_MEM32_BASE};
 use crate::bhyverun::Machine;
+use crate::blockif::Disk;
 use crate::bus::{Irq, MmioDevice, MsiSender, PioDevice};
 use crate::config::{Bdf, Config, ConfigError};
 use crate::inout::{InoutBus, InoutError};
 use crate::mem::{MemBus, MemError};
 use crate::pci_irq::{Intx, PciIrq};
 use crate::uart_backend::UartBackend;
-use crate::{pci_hostbridge, pci_lpc, pci_lpc_bridge, pci_uart};
+use crate::virtio::{Virtio, VirtioEnv};
+use crate::{pci_hostbridge, pci_lpc, pci_lpc_bridge, pci_uart, pci_virtio_block};
 
 /// Standard header registers (`pcireg.h`).
 pub const PCIR_VENDOR: usize = 0x00;
@@ -108,6 +110,14 @@ pub enum PciError {
 pub trait BarSpace: Send + Sync {
     fn inout(&self) -> &InoutBus;
     fn mem(&self) -> &MemBus;
+}
+
+/// MSI-X and virtio MSI messages go straight to KVM; failure only means
+/// the VM is gone.
+impl MsiSender for vmmapi::Vm {
+    fn send_msi(&self, addr: u64, data: u32) {
+        let _ = vmmapi::Vm::send_msi(self, addr, data);
+    }
 }
 
 impl BarSpace for Machine {
@@ -1113,19 +1123,38 @@ pub struct Pci {
     pub mmio64: Range<u64>,
 }
 
+/// What virtio functions need: guest memory for their rings and
+/// buffers, the MSI path, and the virtio-blk images `devices::plan`
+/// opened.
+pub struct VirtioBackends {
+    pub mem: vmmapi::vm_memory::GuestMemoryMmap,
+    pub msi: Arc<dyn MsiSender>,
+    pub disks: BTreeMap<Bdf, Disk>,
+}
+
+impl std::fmt::Debug for VirtioBackends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioBackends")
+            .field("disks", &self.disks)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Build bus 0 from `pci.0.S.F.device` nodes — `hostbridge`,
 /// `amd_hostbridge`, `lpc` (the bridge's config space; its COM ports stay
-/// with pci_lpc.rs) and `uart` (a 2013 `legacy` one with BAR0 and INTx
-/// fixed on COM1's, then COM2's, resources) — place their BARs, route
-/// INTx, and claim ports 0xCF8 and 0xCFC–0xCFF and the ECAM window on
-/// `space`.  Other emulations are left
-/// out.  `line(gsi)` gives interrupt lines 0–23; `uart_backends` are the
-/// PCI UARTs' backends as `devices::plan` opened them.
+/// with pci_lpc.rs), `uart` (a 2013 `legacy` one with BAR0 and INTx
+/// fixed on COM1's, then COM2's, resources) and `virtio-blk` — place
+/// their BARs, route INTx, and claim ports 0xCF8 and 0xCFC–0xCFF and the
+/// ECAM window on `space`.  Other emulations are left out.  `line(gsi)`
+/// gives interrupt lines 0–23; `uart_backends` are the PCI UARTs'
+/// backends as `devices::plan` opened them; `virtio` is required once a
+/// virtio-blk function is configured.
 pub fn attach_pci<S: BarSpace + 'static>(
     space: &Arc<S>,
     config: &Config,
     line: &dyn Fn(u32) -> Irq,
     mut uart_backends: BTreeMap<Bdf, UartBackend>,
+    virtio: Option<VirtioBackends>,
 ) -> Result<Pci, PciError> {
     let memsize = config.memsize()?;
     let irq = Arc::new(PciIrq::new(line));
@@ -1144,14 +1173,26 @@ pub fn attach_pci<S: BarSpace + 'static>(
             irq.reserve(c.irq as u8);
         }
     }
+    let (mut disks, env) = match virtio {
+        Some(v) => (
+            v.disks,
+            Some(VirtioEnv {
+                mem: v.mem,
+                msi: v.msi,
+                use_msix: config.get("virtio_msix").is_none() || config.get_bool("virtio_msix")?,
+            }),
+        ),
+        None => (BTreeMap::new(), None),
+    };
     let mut funcs = Vec::new();
     let mut ports = Vec::new();
+    let mut vss: Vec<(u8, u8, Virtio)> = Vec::new();
     let mut nlegacy = 0;
     for ((bus, slot, func), opts) in devices {
         let emul = opts.get("device").map(String::as_str).unwrap_or_default();
         let bdf = format!("{bus}:{slot}:{func}");
         let f = match emul {
-            "hostbridge" | "amd_hostbridge" | "lpc" | "uart" if bus != 0 => {
+            "hostbridge" | "amd_hostbridge" | "lpc" | "uart" | "virtio-blk" if bus != 0 => {
                 return Err(PciError::Device {
                     bdf,
                     why: format!("{emul}: only bus 0 is emulated"),
@@ -1179,6 +1220,27 @@ pub fn attach_pci<S: BarSpace + 'static>(
                 }
                 f
             }
+            "virtio-blk" => {
+                let err = |why: &str| PciError::Device {
+                    bdf: bdf.clone(),
+                    why: format!("virtio-blk: {why}"),
+                };
+                let env = env.as_ref().ok_or_else(|| err("no guest memory"))?;
+                let disk = disks
+                    .remove(&(bus, slot, func))
+                    .ok_or_else(|| err("disk image not opened"))?;
+                let ser = opts.get("ser").or_else(|| opts.get("serial"));
+                let (f, vs) = pci_virtio_block::new(
+                    slot,
+                    func,
+                    disk,
+                    ser.map(String::as_str),
+                    env,
+                    irq.clone(),
+                )?;
+                vss.push((slot, func, vs));
+                f
+            }
             _ => continue,
         };
         funcs.push(f);
@@ -1190,6 +1252,12 @@ pub fn attach_pci<S: BarSpace + 'static>(
     };
     let bus = build_bus(space, funcs, memsize, &irq, enable_bars)?;
     let b = &bus.bus;
+    // The MSI capability lives in the function, now on the bus.
+    for (slot, func, vs) in vss {
+        if let Some(f) = b.function(slot, func) {
+            vs.set_function(Arc::downgrade(&f));
+        }
+    }
     let mech1 = Arc::new(Mutex::new(ConfigMech1::new(b.clone())));
     space
         .inout()
@@ -1215,7 +1283,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
 
 /// Pick INTx pins, place BARs, route, enable decoding and put the
 /// functions on a bus.
-fn build_bus<S: BarSpace + 'static>(
+pub(crate) fn build_bus<S: BarSpace + 'static>(
     space: &Arc<S>,
     mut funcs: Vec<PciFunction>,
     memsize: u64,
@@ -1292,16 +1360,16 @@ fn build_bus<S: BarSpace + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::inout::Unhandled;
     use crate::pci_irq::tests::Lines;
     use crate::uart_emul::{IER_ETXRDY, IIR_TXRDY};
 
     #[derive(Default)]
-    struct Buses {
-        inout: InoutBus,
-        mem: MemBus,
+    pub(crate) struct Buses {
+        pub inout: InoutBus,
+        pub mem: MemBus,
     }
     impl BarSpace for Buses {
         fn inout(&self) -> &InoutBus {
@@ -1313,7 +1381,7 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Msis(Mutex<Vec<(u64, u32)>>);
+    pub(crate) struct Msis(pub Mutex<Vec<(u64, u32)>>);
     impl MsiSender for Msis {
         fn send_msi(&self, addr: u64, data: u32) {
             self.0.lock().unwrap().push((addr, data));
@@ -1343,7 +1411,14 @@ mod tests {
     fn attach(slots: &[&str]) -> (Arc<Buses>, Pci, Arc<Lines>) {
         let space = Arc::new(Buses::default());
         let lines = Arc::new(Lines::default());
-        let pci = attach_pci(&space, &config(slots), &lines.factory(), BTreeMap::new()).unwrap();
+        let pci = attach_pci(
+            &space,
+            &config(slots),
+            &lines.factory(),
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap();
         (space, pci, lines)
     }
 
@@ -1590,7 +1665,14 @@ mod tests {
     fn pci_legacy_uart_on_com1_then_com2() {
         let space = Arc::new(Buses::default());
         let lines = Arc::new(Lines::default());
-        let pci = attach_pci(&space, &legacy_config(), &lines.factory(), BTreeMap::new()).unwrap();
+        let pci = attach_pci(
+            &space,
+            &legacy_config(),
+            &lines.factory(),
+            BTreeMap::new(),
+            None,
+        )
+        .unwrap();
         let s = &*space;
         let (bar0, line, pin) = (PCIR_BAR0 as u32, PCIR_INTLINE as u32, PCIR_INTPIN as u32);
         // The first legacy UART: the PCI UART's identity, BAR0 an I/O BAR
@@ -1664,7 +1746,7 @@ mod tests {
         let mut c = legacy_config();
         c.set("pci.enable_bars", "false");
         let space = Arc::new(Buses::default());
-        attach_pci(&space, &c, &lines.factory(), BTreeMap::new()).unwrap();
+        attach_pci(&space, &c, &lines.factory(), BTreeMap::new(), None).unwrap();
         assert_eq!(
             cfg(&space, 30, 0, 4, 2),
             u32::from(CMD_BUSMASTEREN | CMD_PORTEN)
@@ -1679,6 +1761,7 @@ mod tests {
             &c,
             &lines.factory(),
             BTreeMap::new(),
+            None,
         )
         .unwrap_err();
         assert_eq!(
