@@ -162,9 +162,15 @@ fn original_session_command_line() {
     let img = img.to_str().unwrap();
     let _g = VmGuard::new("guest0");
     let mut args = vec!["-d", img, "-m", "1024"];
-    // Bus 0 holds the legacy UART alone: no host bridge on this command
-    // line, and virtio-blk is not emulated yet.
-    let kenv = expect(1024 * MB).pci(&[(31, 0, 0x131f, 0x2000)]).kenv();
+    // Bus 0: the virtio-blk at 0:0 (the guest's driver talks to it: the
+    // disk it was loaded from) and the legacy UART; no host bridge on
+    // this command line.
+    let sectors = fs::metadata(img).unwrap().len() / 512;
+    let kenv = expect(1024 * MB)
+        .pci(&[(0, 0, 0x1af4, 0x1001), (31, 0, 0x131f, 0x2000)])
+        .vblk(0)
+        .vblk_sectors(sectors)
+        .kenv();
     for kv in &kenv {
         args.extend(["-e", kv]);
     }
