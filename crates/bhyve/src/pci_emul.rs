@@ -1192,7 +1192,9 @@ pub fn attach_pci<S: BarSpace + 'static>(
         let emul = opts.get("device").map(String::as_str).unwrap_or_default();
         let bdf = format!("{bus}:{slot}:{func}");
         let f = match emul {
-            "hostbridge" | "amd_hostbridge" | "lpc" | "uart" | "virtio-blk" if bus != 0 => {
+            "hostbridge" | "amd_hostbridge" | "lpc" | "uart" | "virtio-blk" | "virtio-net"
+                if bus != 0 =>
+            {
                 return Err(PciError::Device {
                     bdf,
                     why: format!("{emul}: only bus 0 is emulated"),
@@ -1238,6 +1240,24 @@ pub fn attach_pci<S: BarSpace + 'static>(
                     env,
                     irq.clone(),
                 )?;
+                vss.push((slot, func, vs));
+                f
+            }
+            "virtio-net" => {
+                let err = |why: String| PciError::Device {
+                    bdf: bdf.clone(),
+                    why: format!("virtio-net: {why}"),
+                };
+                let env = env.as_ref().ok_or_else(|| err("no guest memory".into()))?;
+                let tap = opts.get("backend").map(String::as_str).unwrap_or_default();
+                let be = crate::net_backends::NetBackend::open_tap(tap)
+                    .map_err(|e| err(format!("{tap}: {e}")))?;
+                let o = crate::pci_virtio_net::NetOpts {
+                    mac: opts.get("mac").map(String::as_str),
+                    mtu: opts.get("mtu").map(String::as_str),
+                    vmname: config.get("name").unwrap_or_default(),
+                };
+                let (f, vs) = crate::pci_virtio_net::new(slot, func, be, o, env, irq.clone())?;
                 vss.push((slot, func, vs));
                 f
             }

@@ -1,0 +1,215 @@
+//! Network backends for virtio-net (`net_backends.c`): a Linux tap
+//! opened through `/dev/net/tun`.  As bhyve's tap backend it carries
+//! bare Ethernet frames (no virtio-net header: the device strips it on
+//! TX and prepends a zeroed one on RX), is non-blocking and is brought
+//! up when opened.  Any fd that keeps frame boundaries (a tap, or a
+//! `SOCK_SEQPACKET` socketpair in tests) can stand in.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// bhyve's bounce buffer: the largest frame read at once.
+pub const NET_MAX_FRAME: usize = 64 * 1024;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const IFNAMSIZ: usize = 16;
+
+/// `struct ifreq` with the flags member of its union, padded.
+#[repr(C)]
+struct IfReq {
+    name: [u8; IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+impl IfReq {
+    fn new(name: &str) -> io::Result<IfReq> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() >= IFNAMSIZ || b.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad interface name {name:?}"),
+            ));
+        }
+        let mut r = IfReq {
+            name: [0; IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        r.name[..b.len()].copy_from_slice(b);
+        Ok(r)
+    }
+}
+
+/// A frame-preserving fd the device reads and writes.
+#[derive(Debug)]
+pub struct NetBackend {
+    fd: OwnedFd,
+    name: String,
+}
+
+impl NetBackend {
+    /// `tap_init`: attach to tap `name` (IFF_TAP | IFF_NO_PI),
+    /// non-blocking, and try to bring it up (a warning if we may not).
+    pub fn open_tap(name: &str) -> io::Result<NetBackend> {
+        let mut req = IfReq::new(name)?;
+        // SAFETY: a NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        req.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `req` is.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{name}: TUNSETIFF: {e}")));
+        }
+        if let Err(e) = if_up(name) {
+            eprintln!("{name}: could not bring the interface up: {e}");
+        }
+        Ok(NetBackend {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    /// Any frame-preserving fd (made non-blocking here).
+    pub fn from_fd(fd: OwnedFd, name: &str) -> io::Result<NetBackend> {
+        // SAFETY: fcntl on an fd we own.
+        let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        if fl < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NetBackend {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One frame out; a full backend drops it (as a full tap would).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: reads `frame.len()` bytes of `frame`.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// One frame in, `None` when none is waiting.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Wait up to `ms` for a frame to read.
+    pub fn wait_readable(&self, ms: i32) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        n > 0 && p.revents & libc::POLLIN != 0
+    }
+}
+
+/// SIOCGIFFLAGS / SIOCSIFFLAGS with IFF_UP.
+fn if_up(name: &str) -> io::Result<()> {
+    // SAFETY: plain socket call, result checked.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: we own `s`.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    let mut req = IfReq::new(name)?;
+    // SAFETY: both ioctls take one `ifreq`.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if req.flags & libc::IFF_UP as libc::c_short != 0 {
+        return Ok(());
+    }
+    req.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A frame-preserving pair: the device's end and the "wire".
+    pub fn pair() -> (NetBackend, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two fds.
+        let r = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        // SAFETY: both just created.
+        let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        (NetBackend::from_fd(a, "pair").unwrap(), b)
+    }
+
+    #[test]
+    fn net_backend_keeps_frames() {
+        let (be, wire) = pair();
+        let mut buf = [0u8; 64];
+        assert_eq!(be.recv(&mut buf).unwrap(), None, "non-blocking");
+        assert!(!be.wait_readable(0));
+        let w = NetBackend::from_fd(wire, "wire").unwrap();
+        w.send(b"abc").unwrap();
+        w.send(b"defgh").unwrap();
+        assert!(be.wait_readable(1000));
+        assert_eq!(be.recv(&mut buf).unwrap(), Some(3));
+        assert_eq!(be.recv(&mut buf).unwrap(), Some(5));
+        assert_eq!(&buf[..5], b"defgh");
+        be.send(b"xy").unwrap();
+        assert_eq!(w.recv(&mut buf).unwrap(), Some(2));
+    }
+
+    #[test]
+    fn net_backend_bad_tap_names() {
+        assert!(IfReq::new("").is_err());
+        assert!(IfReq::new("a-very-long-tap-name").is_err());
+        assert!(IfReq::new("tap0").is_ok());
+    }
+}
