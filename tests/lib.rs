@@ -114,3 +114,36 @@ pub fn real_mode_vm(name: &str, code: &[u8]) -> VmGuard {
     ctx.vm_set_register(0, vmmapi::VmReg::Rip, 0x1000).unwrap();
     g
 }
+
+/// Load the boot-contract guest into a new instance `name` with `mem` of
+/// memory and `e`'s expectations (bhyveload --kernel, one -e per variable).
+pub fn load_guest(name: &str, mem: &str, e: &guest::Expect) {
+    require_kvm();
+    let g = guest::build();
+    let mut load = vec!["-m", mem, "--kernel", g.kernel.to_str().unwrap()];
+    let kenv = e.kenv();
+    for kv in &kenv {
+        load.extend(["-e", kv.as_str()]);
+    }
+    load.push(name);
+    let o = run("bhyveload", &load);
+    assert!(
+        o.status.success(),
+        "bhyveload: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+}
+
+/// Run a bhyve command (stdin null): every guest check must pass and the
+/// guest must power off (exit 1).
+pub fn expect_guest_passes(cmd: &mut Command) {
+    let o = cmd
+        .env("VMM_DIR", vmm_dir())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = stdout(&o);
+    guest::parse_report(&out).assert_all_passed(&out);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+}

@@ -14,21 +14,7 @@ const MEM: u64 = 512 << 20;
 /// standard machine (`-u`, host bridge, LPC, COM1 on stdio) on it with
 /// `ncpus` vCPUs and `extra` options.
 fn boot(name: &str, ncpus: u32, extra: &[&str], e: &Expect) -> (Output, Report) {
-    require_kvm();
-    let g = guest::build();
-    let mut load = vec!["-m", "512M", "--kernel", g.kernel.to_str().unwrap()];
-    let kenv = e.kenv();
-    for kv in &kenv {
-        load.extend(["-e", kv.as_str()]);
-    }
-    load.push(name);
-    let o = run("bhyveload", &load);
-    assert!(
-        o.status.success(),
-        "bhyveload: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
+    load_guest(name, "512M", e);
     let n = ncpus.to_string();
     let mut args = vec!["-c", &n, "-m", "512M", "-u"];
     args.extend(["-s", "0,hostbridge", "-s", "31,lpc", "-l", "com1,stdio"]);

@@ -3,7 +3,7 @@
 //! test wrote, writes and flushes another, and the test checks the image
 //! on the host afterwards.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use bhyve_rs_tests::guest::{self, Expect};
 use bhyve_rs_tests::images::Scratch;
@@ -18,27 +18,13 @@ const WCOUNT: u64 = 3;
 /// Load the guest with `e` and run it with a virtio-blk at slot 4 backed
 /// by `img` with extra `opts`; every check must pass and it powers off.
 fn boot(name: &str, img: &std::path::Path, opts: &str, e: &Expect) {
-    require_kvm();
-    let g = guest::build();
-    let mut load = vec!["-m", "256M", "--kernel", g.kernel.to_str().unwrap()];
-    let kenv = e.kenv();
-    for kv in &kenv {
-        load.extend(["-e", kv.as_str()]);
-    }
-    load.push(name);
-    let o = run("bhyveload", &load);
-    assert!(o.status.success(), "bhyveload: {}", stderr(&o));
+    load_guest(name, "256M", e);
     let slot = format!("4,virtio-blk,{}{opts}", img.display());
-    let o = Command::new(bin("bhyve"))
-        .args(["-m", "256M", "-s", "0,hostbridge", "-s", &slot])
-        .args(["-s", "31,lpc", "-l", "com1,stdio", name])
-        .env("VMM_DIR", vmm_dir())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let out = stdout(&o);
-    guest::parse_report(&out).assert_all_passed(&out);
-    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    expect_guest_passes(
+        Command::new(bin("bhyve"))
+            .args(["-m", "256M", "-s", "0,hostbridge", "-s", &slot])
+            .args(["-s", "31,lpc", "-l", "com1,stdio", name]),
+    );
 }
 
 fn image(s: &Scratch) -> std::path::PathBuf {
@@ -123,37 +109,24 @@ impl Drop for Netns {
 fn virtio_net_on_a_tap_enumerates() {
     require_kvm();
     let ns = Netns::new(&format!("bhyvers{}", std::process::id()));
-    let g = guest::build();
     let _g = VmGuard::new("vnet0");
     let e = Expect::new().pci(&[
         (0, 0, 0x1275, 0x1275),
         (5, 0, 0x1af4, 0x1000),
         (31, 0, 0x8086, 0x7000),
     ]);
-    let mut load = vec!["-m", "256M", "--kernel", g.kernel.to_str().unwrap()];
-    let kenv = e.kenv();
-    for kv in &kenv {
-        load.extend(["-e", kv.as_str()]);
-    }
-    load.push("vnet0");
-    let o = run("bhyveload", &load);
-    assert!(o.status.success(), "bhyveload: {}", stderr(&o));
-    let o = Command::new("ip")
-        .args(["netns", "exec", &ns.0, bin("bhyve").to_str().unwrap()])
-        .args([
-            "-m",
-            "256M",
-            "-s",
-            "0,hostbridge",
-            "-s",
-            "5,virtio-net,tap0",
-        ])
-        .args(["-s", "31,lpc", "-l", "com1,stdio", "vnet0"])
-        .env("VMM_DIR", vmm_dir())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let out = stdout(&o);
-    guest::parse_report(&out).assert_all_passed(&out);
-    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    load_guest("vnet0", "256M", &e);
+    expect_guest_passes(
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, bin("bhyve").to_str().unwrap()])
+            .args([
+                "-m",
+                "256M",
+                "-s",
+                "0,hostbridge",
+                "-s",
+                "5,virtio-net,tap0",
+            ])
+            .args(["-s", "31,lpc", "-l", "com1,stdio", "vnet0"]),
+    );
 }
