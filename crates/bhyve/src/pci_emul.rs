@@ -79,9 +79,9 @@ const MEM64_SIZE: u64 = 32 * GIB;
 /// 64-bit BARs up to this size still go below 4 GiB.
 const MEM64_LOW_MAX: u64 = 128 << 20;
 /// Slop left after each window (`BUS*_ROUNDUP`), advertised in `_CRS`.
-const BUSIO_ROUNDUP: u64 = 32;
-const BUSMEM32_ROUNDUP: u64 = 1 << 20;
-const BUSMEM64_ROUNDUP: u64 = 512 << 20;
+pub(crate) const BUSIO_ROUNDUP: u64 = 32;
+pub(crate) const BUSMEM32_ROUNDUP: u64 = 1 << 20;
+pub(crate) const BUSMEM64_ROUNDUP: u64 = 512 << 20;
 /// RAM below 4 GiB ends at 3 GiB (`lowmem_limit`).
 const LOWMEM_LIMIT: u64 = 3 * GIB;
 

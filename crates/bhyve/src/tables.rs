@@ -8,6 +8,7 @@ use vmmapi::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::acpi::{self, AcpiConfig, AcpiError, PCI_IO_BASE, PCI_MEM32_BASE};
 use crate::mptbl::{self, MpTableError};
+use crate::pci_emul::{BUSIO_ROUNDUP, BUSMEM32_ROUNDUP, BUSMEM64_ROUNDUP};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -35,11 +36,6 @@ pub struct Tables {
 }
 
 const GIB: u64 = 1 << 30;
-/// The slop `init_pci` leaves after each of bus 0's windows so a guest can
-/// move BARs (`BUSIO_ROUNDUP`, `BUSMEM32_ROUNDUP`, `BUSMEM64_ROUNDUP`).
-const BUSIO_ROUNDUP: u64 = 32;
-const BUSMEM32_ROUNDUP: u64 = 1 << 20;
-const BUSMEM64_ROUNDUP: u64 = 512 << 20;
 
 /// Bus 0's I/O, 32-bit and 64-bit windows as `init_pci` leaves them with
 /// no BARs allocated: just the slop from each window's base.  The 64-bit
