@@ -387,6 +387,12 @@ pub struct Expect {
     vblk_pattern: Option<u64>,
     vblk_write: Option<(u64, u32, u64)>,
     vblk_ro: bool,
+    vnet: Option<u8>,
+    vnet_mac: Option<[u8; 6]>,
+    vnet_nomrg: bool,
+    vnet_mtu: Option<u16>,
+    vnet_tx: u32,
+    vnet_rx: u32,
 }
 
 impl Expect {
@@ -588,6 +594,50 @@ impl Expect {
         self
     }
 
+    /// `test.vnet=S`: a legacy virtio-net function at `0:S.0` (bhyve
+    /// `-s S,virtio-net,TAP`), driven by the guest's polled driver (§4.5,
+    /// §4.7; checks `vnet: ...`): IDs, class, subsystem, BAR0, status,
+    /// host features (bhyve's tap set), config MAC (unicast) and link up,
+    /// RX/TX queues of 1024 and no control queue, DRIVER_OK, 128 RX buffers
+    /// posted, reset at the end. [`Expect::vnet_tx`] and
+    /// [`Expect::vnet_rx`] exchange frames.
+    pub fn vnet(mut self, slot: u8) -> Self {
+        assert!(slot < 32, "bad PCI slot {slot}");
+        self.vnet = Some(slot);
+        self
+    }
+    /// `test.vnet_mac=...`: the config MAC must be `mac`.
+    pub fn vnet_mac(mut self, mac: [u8; 6]) -> Self {
+        self.vnet_mac = Some(mac);
+        self
+    }
+    /// `test.vnet_nomrg=1`: decline MRG_RXBUF (10-byte header, one 2 KiB
+    /// buffer per frame); otherwise RX buffers are 512 bytes and long
+    /// frames must arrive merged over several.
+    pub fn vnet_nomrg(mut self) -> Self {
+        self.vnet_nomrg = true;
+        self
+    }
+    /// `test.vnet_mtu=N`: MTU offered (feature and config) must be `mtu`
+    /// (bhyve `mtu=`).
+    pub fn vnet_mtu(mut self, mtu: u16) -> Self {
+        self.vnet_mtu = Some(mtu);
+        self
+    }
+    /// `test.vnet_tx=N`: the guest sends `vnet_frame(seq, n, b'G', ..)` for
+    /// seq 0..N to ff:ff:ff:ff:ff:ff from its MAC, one at a time.
+    pub fn vnet_tx(mut self, n: u32) -> Self {
+        self.vnet_tx = n;
+        self
+    }
+    /// `test.vnet_rx=N`: after sending, the guest receives
+    /// `vnet_frame(seq, n, b'H', ..)` for seq 0..N, in order (other
+    /// EtherTypes are skipped), and checks every byte.
+    pub fn vnet_rx(mut self, n: u32) -> Self {
+        self.vnet_rx = n;
+        self
+    }
+
     /// `name=value` strings, one per variable (for `bhyveload -e`).
     pub fn kenv(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -674,6 +724,25 @@ impl Expect {
         if self.vblk_ro {
             v.push("test.vblk_ro=1".into());
         }
+        if let Some(s) = self.vnet {
+            v.push(format!("test.vnet={s}"));
+        }
+        if let Some(m) = self.vnet_mac {
+            let hex: Vec<String> = m.iter().map(|b| format!("{b:02x}")).collect();
+            v.push(format!("test.vnet_mac={}", hex.join(":")));
+        }
+        if self.vnet_nomrg {
+            v.push("test.vnet_nomrg=1".into());
+        }
+        if let Some(m) = self.vnet_mtu {
+            v.push(format!("test.vnet_mtu={m}"));
+        }
+        if self.vnet_tx > 0 {
+            v.push(format!("test.vnet_tx={}", self.vnet_tx));
+        }
+        if self.vnet_rx > 0 {
+            v.push(format!("test.vnet_rx={}", self.vnet_rx));
+        }
         v
     }
 
@@ -701,6 +770,33 @@ fn civil_from_days(z: i64) -> (u32, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y as u32, m as u32, d as u32)
+}
+
+/// The guest's test EtherType (IEEE 802 local experimental).
+pub const VNET_ETHERTYPE: u16 = 0x88b5;
+
+/// Frame `seq` of a run of `n` in direction `dir` (`b'G'` guest to host,
+/// `b'H'` host to guest), as vnet_checks.c builds and checks them: dst,
+/// src, EtherType, seq (u32 LE), length (u16 LE), dir, 0, then byte i =
+/// (seq * 7 + i + dir) mod 256; 60..1514 bytes, the last of a run 1514.
+pub fn vnet_frame(seq: u32, n: u32, dir: u8, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    let mul = if dir == b'G' { 331 } else { 577 };
+    let len = if seq + 1 == n {
+        1514
+    } else {
+        60 + (seq * mul) % 1455
+    } as usize;
+    let mut f = Vec::with_capacity(len);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&VNET_ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(&seq.to_le_bytes());
+    f.extend_from_slice(&(len as u16).to_le_bytes());
+    f.extend_from_slice(&[dir, 0]);
+    for i in 22..len {
+        f.push((seq.wrapping_mul(7) as usize + i + dir as usize) as u8);
+    }
+    f
 }
 
 /// Verdict of one check.

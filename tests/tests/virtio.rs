@@ -3,7 +3,9 @@
 //! test wrote, writes and flushes another, and the test checks the image
 //! on the host afterwards.
 
-use std::process::Command;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::guest::{self, Expect};
 use bhyve_rs_tests::images::Scratch;
@@ -74,25 +76,89 @@ fn read_only_image_fails_writes_with_ioerr() {
     assert!(std::fs::read(&img).unwrap() == before, "image untouched");
 }
 
-/// A network namespace of the test's own with a tap in it; deleted on drop.
+/// A network namespace of the test's own with a tap in it (IPv6 off so
+/// the host stays quiet on it); deleted on drop.
 struct Netns(String);
 
+fn ip(args: &[&str]) {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
+}
+
 impl Netns {
-    fn new(name: &str) -> Netns {
-        let sh = |args: &[&str]| {
-            let o = Command::new("ip")
-                .args(args)
-                .output()
-                .expect("ip (iproute2)");
-            assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
-        };
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        sh(&["netns", "add", name]);
-        let ns = Netns(name.to_string());
-        sh(&[
-            "netns", "exec", name, "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
-        ]);
+    fn new(tag: &str) -> Netns {
+        let name = format!("bhyvers-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = Netns(name);
+        for v in ["all", "default"] {
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{v}.disable_ipv6=1"),
+            ]);
+        }
+        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.exec(&["ip", "link", "set", "tap0", "up"]);
         ns
+    }
+
+    fn exec(&self, cmd: &[&str]) {
+        ip(&[&["netns", "exec", self.0.as_str()], cmd].concat());
+    }
+
+    /// bhyve run inside the namespace.
+    fn bhyve(&self) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, bin("bhyve").to_str().unwrap()]);
+        c
+    }
+
+    /// A raw AF_PACKET socket on `dev` in the namespace (made on a thread
+    /// that enters it; the socket stays bound to the namespace).
+    fn packet_socket(&self, dev: &str) -> OwnedFd {
+        let (ns, dev) = (self.0.clone(), std::ffi::CString::new(dev).unwrap());
+        std::thread::spawn(move || unsafe {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+            assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
+            let ifindex = libc::if_nametoindex(dev.as_ptr());
+            assert!(ifindex != 0, "no {dev:?} in the namespace");
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = ifindex as i32;
+            let r = libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            fd
+        })
+        .join()
+        .expect("packet socket thread")
     }
 }
 
@@ -102,13 +168,145 @@ impl Drop for Netns {
     }
 }
 
-/// virtio-net on a tap (inside a namespace the test made) appears on bus 0
-/// with bhyve's IDs next to the host and LPC bridges. Frames are not
-/// exchanged yet: the guest has no net driver.
+/// The next frame with the guest's EtherType that arrived on the tap
+/// interface (not one the host sent), or None after `secs` seconds.
+fn recv_test_frame(fd: &OwnedFd, secs: u64) -> Option<Vec<u8>> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < end {
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+                &mut sll as *mut _ as *mut libc::sockaddr,
+                &mut sl,
+            )
+        };
+        if n < 14 || sll.sll_pkttype == libc::PACKET_OUTGOING {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if u16::from_be_bytes([f[12], f[13]]) == guest::VNET_ETHERTYPE {
+            return Some(f.to_vec());
+        }
+    }
+    None
+}
+
+fn send_frame(fd: &OwnedFd, f: &[u8]) {
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            f.as_ptr() as *const libc::c_void,
+            f.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        n,
+        f.len() as isize,
+        "send: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// bhyve's default MAC for `slot`.0 of `vm` (§4.7), with the host's md5sum.
+fn bhyve_mac(slot: u8, vm: &str) -> [u8; 6] {
+    let o = Command::new("sh")
+        .args(["-c", &format!("printf %s '{slot}-0-{vm}' | md5sum")])
+        .output()
+        .expect("md5sum");
+    let h = String::from_utf8(o.stdout).unwrap();
+    let b = |i: usize| u8::from_str_radix(&h[i..i + 2], 16).unwrap();
+    [0x00, 0xa0, 0x98, b(0), b(2), b(4)]
+}
+
+const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+
+/// Runs the guest with virtio-net at slot 5 on tap0 in `ns` (`opts` added
+/// to the device): the host reads the guest's `ntx` frames off the tap,
+/// checks every byte, then injects `nrx` frames the guest must receive.
+fn frames_through_tap(vm: &str, ns: &Netns, opts: &str, mac: [u8; 6], e: Expect) {
+    let (ntx, nrx) = (24, 24);
+    let e = e.vnet(5).vnet_mac(mac).vnet_tx(ntx).vnet_rx(nrx);
+    load_guest(vm, "256M", &e);
+    let sock = ns.packet_socket("tap0");
+    let dev = format!("5,virtio-net,tap0{opts}");
+    let child = ns
+        .bhyve()
+        .args(["-m", "256M", "-s", "0,hostbridge", "-s", &dev])
+        .args(["-s", "31,lpc", "-l", "com1,stdio", vm])
+        .env("VMM_DIR", vmm_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bhyve");
+    let mut problems = Vec::new();
+    for seq in 0..ntx {
+        let want = guest::vnet_frame(seq, ntx, b'G', [0xff; 6], mac);
+        match recv_test_frame(&sock, 60) {
+            Some(f) if f == want => {}
+            Some(f) => {
+                problems.push(format!(
+                    "guest frame {seq}: {} bytes, want {} (first difference at {:?})",
+                    f.len(),
+                    want.len(),
+                    f.iter().zip(&want).position(|(a, b)| a != b)
+                ));
+                break;
+            }
+            None => {
+                problems.push(format!("guest frame {seq} never reached the tap"));
+                break;
+            }
+        }
+    }
+    if problems.is_empty() {
+        for seq in 0..nrx {
+            send_frame(&sock, &guest::vnet_frame(seq, nrx, b'H', mac, HOST_MAC));
+        }
+    }
+    let o = child.wait_with_output().expect("bhyve");
+    let out = stdout(&o);
+    guest::parse_report(&out).assert_all_passed(&out);
+    assert!(problems.is_empty(), "{problems:?}\n{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+}
+
+/// Issue 5: frames both ways through a tap in a namespace the test made,
+/// with bhyve's derived MAC and mergeable RX buffers (long frames span
+/// several 512-byte buffers).
+#[test]
+fn virtio_net_frames_both_ways_through_a_tap() {
+    require_kvm();
+    let ns = Netns::new("vnet");
+    let _g = VmGuard::new("vnet1");
+    frames_through_tap("vnet1", &ns, "", bhyve_mac(5, "vnet1"), Expect::new());
+}
+
+/// The same with `mac=` and `mtu=`, and a guest that declines MRG_RXBUF
+/// (10-byte header, one buffer per frame).
+#[test]
+fn virtio_net_mac_mtu_and_no_mergeable_buffers() {
+    require_kvm();
+    let ns = Netns::new("vnetmac");
+    let _g = VmGuard::new("vnet2");
+    let mac = [0x02, 0x12, 0x34, 0x56, 0x78, 0x9a];
+    let e = Expect::new().vnet_nomrg().vnet_mtu(9000);
+    frames_through_tap("vnet2", &ns, ",mac=02:12:34:56:78:9a,mtu=9000", mac, e);
+}
+
+/// virtio-net on a tap appears on bus 0 with bhyve's IDs next to the host
+/// and LPC bridges.
 #[test]
 fn virtio_net_on_a_tap_enumerates() {
     require_kvm();
-    let ns = Netns::new(&format!("bhyvers{}", std::process::id()));
+    let ns = Netns::new("enum");
     let _g = VmGuard::new("vnet0");
     let e = Expect::new().pci(&[
         (0, 0, 0x1275, 0x1275),
@@ -116,17 +314,17 @@ fn virtio_net_on_a_tap_enumerates() {
         (31, 0, 0x8086, 0x7000),
     ]);
     load_guest("vnet0", "256M", &e);
-    expect_guest_passes(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, bin("bhyve").to_str().unwrap()])
-            .args([
-                "-m",
-                "256M",
-                "-s",
-                "0,hostbridge",
-                "-s",
-                "5,virtio-net,tap0",
-            ])
-            .args(["-s", "31,lpc", "-l", "com1,stdio", "vnet0"]),
-    );
+    expect_guest_passes(ns.bhyve().args([
+        "-m",
+        "256M",
+        "-s",
+        "0,hostbridge",
+        "-s",
+        "5,virtio-net,tap0",
+        "-s",
+        "31,lpc",
+        "-l",
+        "com1,stdio",
+        "vnet0",
+    ]));
 }

@@ -38,7 +38,6 @@ static const u8 *table_at(u64 phys)
 	return phys_ptr(phys, le32(h + H_LEN));
 }
 
-static u64 phys_of(const u8 *va) { return (u64)va - KERNBASE; }
 static int sig_is(const u8 *t, const char *sig) { return t && memcmp(t, sig, 4) == 0; }
 
 /* Root table entries: XSDT (8-byte) if valid, else RSDT (4-byte). */

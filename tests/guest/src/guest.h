@@ -210,6 +210,38 @@ void timer_checks(void);	/* test.pmtimer, test.hpet, test.rtc */
 void irq_checks(void);		/* test.uart_irq */
 void smp_checks(void);		/* test.ncpus */
 void vblk_checks(void);		/* test.vblk (vblk_checks.c) */
+void vnet_checks(void);		/* test.vnet (vnet_checks.c) */
+
+/* virtio.c: legacy virtio PCI plumbing for the polled drivers */
+u32 pci0_rd32(u32 slot, u32 reg);	/* bus 0, function 0 */
+void pci0_wr32(u32 slot, u32 reg, u32 v);
+void pci0_wr16(u32 slot, u32 reg, u16 v);
+#define VRING_DESC_F_NEXT 1
+#define VRING_DESC_F_WRITE 2
+struct vring_desc {
+	u64 addr;
+	u32 len;
+	u16 flags, next;
+};
+struct vring_used_elem {
+	u32 id, len;
+};
+struct vring {
+	u16 num, avail_idx, used_idx;
+	volatile struct vring_desc *desc;
+	volatile u16 *avail;	/* flags, idx, ring[] */
+	volatile u16 *used;	/* flags, idx, then elements */
+};
+static inline void vbarrier(void) { __asm__ volatile("mfence" ::: "memory"); }
+static inline u64 phys_of(const volatile void *p) { return (u64)p - KERNBASE; }
+/* bytes of a legacy ring of num entries (4 KiB aligned parts) */
+u64 vring_bytes(u16 num);
+void vring_init(struct vring *r, void *area, u16 num);
+/* puts chain `head` in the avail ring and publishes the new index */
+void vring_publish(struct vring *r, u16 head);
+int vring_used_pending(const struct vring *r);
+/* the used element at used_idx (valid when vring_used_pending) */
+volatile struct vring_used_elem *vring_used_elem(const struct vring *r);
 
 /* acpi_checks.c: tables found by the RSDP scan (KERNBASE VAs or NULL) */
 struct acpi_tables {

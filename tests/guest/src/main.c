@@ -169,6 +169,7 @@ void kmain(int via_multiboot, u32 mb_magic, u32 mb_info)
 	timer_checks();
 	irq_checks();
 	vblk_checks();
+	vnet_checks();
 	smp_checks();
 
 	check_summary();

@@ -28,9 +28,6 @@
  */
 #include "io.h"
 
-#define CFG_ADDR 0xCF8
-#define CFG_DATA 0xCFC
-
 /* legacy virtio PCI registers (BAR0 offsets, §4.5) */
 #define VIO_HOST_FEATURES 0
 #define VIO_GUEST_FEATURES 4
@@ -65,19 +62,8 @@
 #define S_IOERR 1
 #define S_UNSUPP 2
 
-#define VRING_DESC_F_NEXT 1
-#define VRING_DESC_F_WRITE 2
 #define MAXQ 256	/* largest queue our ring area holds */
 #define MAXSECT 8	/* data buffer: 8 sectors */
-
-struct vring_desc {
-	u64 addr;
-	u32 len;
-	u16 flags, next;
-};
-struct vring_used_elem {
-	u32 id, len;
-};
 
 /* desc 16*256 = 4096, avail 6+2*256 -> page 2, used 6+8*256 -> page 2-3 */
 static u8 ring_area[4 * 4096] __attribute__((aligned(4096)));
@@ -91,35 +77,9 @@ static volatile u8 req_status __attribute__((aligned(16)));
 static struct {
 	u32 slot;
 	u16 io;		/* BAR0 base */
-	u16 qnum;
-	u16 avail_idx, used_idx;
-	volatile struct vring_desc *desc;
-	volatile u16 *avail;	/* flags, idx, ring[] */
-	volatile u16 *used;	/* flags, idx, then elements */
+	struct vring q;
 	int stuck;		/* a request timed out: stop issuing */
 } vb;
-
-static u64 phys_of(const volatile void *p) { return (u64)p - KERNBASE; }
-
-static u32 cfg_rd32(u32 reg)
-{
-	outl(CFG_ADDR, 0x80000000u | vb.slot << 11 | (reg & 0xfc));
-	return inl(CFG_DATA);
-}
-
-static void cfg_wr32(u32 reg, u32 v)
-{
-	outl(CFG_ADDR, 0x80000000u | vb.slot << 11 | (reg & 0xfc));
-	outl(CFG_DATA, v);
-}
-
-static void cfg_wr16(u32 reg, u16 v)
-{
-	outl(CFG_ADDR, 0x80000000u | vb.slot << 11 | (reg & 0xfc));
-	outw(CFG_DATA + (reg & 2), v);
-}
-
-static inline void barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
 
 static u8 vblk_byte(u64 i, u64 seed)
 {
@@ -161,38 +121,33 @@ static int vblk_request(u32 type, u64 sector, const struct seg *segs, u32 nseg, 
 	req_hdr.sector = sector;
 	req_status = 0xff;
 	u32 n = 0;
-	vb.desc[n] = (struct vring_desc){phys_of(&req_hdr), 16, VRING_DESC_F_NEXT, (u16)(n + 1)};
+	vb.q.desc[n] = (struct vring_desc){phys_of(&req_hdr), 16, VRING_DESC_F_NEXT, (u16)(n + 1)};
 	n++;
 	for (u32 k = 0; k < nseg; k++, n++)
-		vb.desc[n] = (struct vring_desc){phys_of(segs[k].buf), segs[k].len,
+		vb.q.desc[n] = (struct vring_desc){phys_of(segs[k].buf), segs[k].len,
 		    (u16)(VRING_DESC_F_NEXT | (segs[k].dev_writes ? VRING_DESC_F_WRITE : 0)), (u16)(n + 1)};
-	vb.desc[n] = (struct vring_desc){phys_of(&req_status), 1, VRING_DESC_F_WRITE, 0};
-	vb.avail[2 + vb.avail_idx % vb.qnum] = 0;
-	barrier();
-	vb.avail[1] = ++vb.avail_idx;
-	barrier();
+	vb.q.desc[n] = (struct vring_desc){phys_of(&req_status), 1, VRING_DESC_F_WRITE, 0};
+	vring_publish(&vb.q, 0);
 	outw(vb.io + VIO_QUEUE_NOTIFY, 0);
 
 	/* bounded: ~100 quick polls, then 200 us steps up to ~4 s */
 	u32 i;
-	for (i = 0; i < 20000 && vb.used[1] == vb.used_idx; i++)
+	for (i = 0; i < 20000 && !vring_used_pending(&vb.q); i++)
 		if (i >= 100)
 			udelay(200);
-	barrier();
-	if (vb.used[1] == vb.used_idx) {
+	if (!vring_used_pending(&vb.q)) {
 		vb.stuck = 1;
 		ksnprintf(err, errsz, "no used-ring entry after ~4 s (used idx %u, status byte 0x%x)",
-		    vb.used[1], req_status);
+		    vb.q.used[1], req_status);
 		return 0;
 	}
-	u16 now = vb.used[1];
-	volatile struct vring_used_elem *e =
-	    (volatile struct vring_used_elem *)(vb.used + 2) + vb.used_idx % vb.qnum;
+	u16 now = vb.q.used[1];
+	volatile struct vring_used_elem *e = vring_used_elem(&vb.q);
 	u32 id = e->id, len = e->len;
-	vb.used_idx++;
-	if (now != vb.used_idx) {
+	vb.q.used_idx++;
+	if (now != vb.q.used_idx) {
 		vb.stuck = 1;
-		ksnprintf(err, errsz, "used idx went to %u, want %u", now, vb.used_idx);
+		ksnprintf(err, errsz, "used idx went to %u, want %u", now, vb.q.used_idx);
 		return 0;
 	}
 	if (id != 0) {
@@ -249,7 +204,7 @@ static int setup(void)
 	check_pass();
 	vb.slot = (u32)slot;
 
-	u32 id = cfg_rd32(0x00);
+	u32 id = pci0_rd32(vb.slot, 0x00);
 	check_begin("vblk: 0:%u.0 is 1af4:1001 (legacy virtio-blk, 4.5)", vb.slot);
 	if (id != 0x10011af4) {
 		check_fail("found %04x:%04x%s", id & 0xffff, id >> 16,
@@ -258,20 +213,20 @@ static int setup(void)
 	}
 	check_pass();
 
-	u32 cc = cfg_rd32(0x08), sub = cfg_rd32(0x2c), intr = cfg_rd32(0x3c);
+	u32 cc = pci0_rd32(vb.slot, 0x08), sub = pci0_rd32(vb.slot, 0x2c), intr = pci0_rd32(vb.slot, 0x3c);
 	u8 pin = (u8)(intr >> 8);
 	check_begin("vblk: class 01 (storage), revision 0, subsystem 1af4:0002, INTx pin 1-4");
 	check_result(cc >> 24 == 0x01 && (cc & 0xff) == 0 && sub == 0x00021af4 && pin >= 1 && pin <= 4,
 	    "class %02x/%02x/%02x rev %u subsystem %04x:%04x pin %u", cc >> 24, (cc >> 16) & 0xff,
 	    (cc >> 8) & 0xff, cc & 0xff, sub & 0xffff, sub >> 16, pin);
 
-	u32 cmd = cfg_rd32(0x04) & 0xffff;
-	cfg_wr16(0x04, (u16)(cmd | 0x5));	/* I/O decode, bus master */
-	u32 cmd2 = cfg_rd32(0x04) & 0xffff;
+	u32 cmd = pci0_rd32(vb.slot, 0x04) & 0xffff;
+	pci0_wr16(vb.slot, 0x04, (u16)(cmd | 0x5));	/* I/O decode, bus master */
+	u32 cmd2 = pci0_rd32(vb.slot, 0x04) & 0xffff;
 	check_begin("vblk: command register takes I/O decode + bus master (0x%x -> 0x%x)", cmd, cmd | 5);
 	check_result((cmd2 & 5) == 5, "reads 0x%x", cmd2);
 
-	u32 bar0 = cfg_rd32(0x10);
+	u32 bar0 = pci0_rd32(vb.slot, 0x10);
 	check_begin("vblk: BAR0 is I/O in 0x2000-0xffff");
 	if (!(bar0 & 1) || (bar0 & ~3u) < 0x2000 || (bar0 & ~3u) > 0xffff) {
 		check_fail("BAR0 0x%x", bar0);
@@ -282,13 +237,13 @@ static int setup(void)
 
 	/* size: next power of two >= 24 + config (60 bytes modern) = 128 */
 	if (check_begin_bhyve("vblk: BAR0 size 128 (24 + config space, power of two), aligned")) {
-		cfg_wr16(0x04, (u16)(cmd2 & ~1u));	/* decode off while sizing */
-		cfg_wr32(0x10, 0xffffffff);
-		u32 rb = cfg_rd32(0x10);
-		cfg_wr32(0x10, bar0);
-		cfg_wr16(0x04, (u16)(cmd2 | 5));
+		pci0_wr16(vb.slot, 0x04, (u16)(cmd2 & ~1u));	/* decode off while sizing */
+		pci0_wr32(vb.slot, 0x10, 0xffffffff);
+		u32 rb = pci0_rd32(vb.slot, 0x10);
+		pci0_wr32(vb.slot, 0x10, bar0);
+		pci0_wr16(vb.slot, 0x04, (u16)(cmd2 | 5));
 		u32 size = (~(rb & 0xfffc) + 1) & 0xffff;
-		u32 again = cfg_rd32(0x10);
+		u32 again = pci0_rd32(vb.slot, 0x10);
 		check_result(size == 128 && !(vb.io & 127) && again == bar0,
 		    "sizing read 0x%x (size %u), base 0x%x, restored 0x%x", rb, size, vb.io, again);
 	}
@@ -331,13 +286,7 @@ static int setup(void)
 	check_result(q1 == 0, "queue 0 size %u, queue 1 size %u", q0, q1);
 	if (check_begin_bhyve("vblk: queue 0 size 128 (4.6 modern)"))
 		check_result(q0 == 128, "%u", q0);
-	vb.qnum = q0;
-
-	memset(ring_area, 0, sizeof(ring_area));
-	vb.desc = (volatile struct vring_desc *)ring_area;
-	vb.avail = (volatile u16 *)(ring_area + 16 * (u64)q0);
-	vb.used = (volatile u16 *)(ring_area + ROUNDUP(16 * (u64)q0 + 2 * (3 + (u64)q0), 4096));
-	vb.avail_idx = vb.used_idx = 0;
+	vring_init(&vb.q, ring_area, q0);
 	u32 pfn = (u32)(phys_of(ring_area) >> 12);
 	outl(vb.io + VIO_QUEUE_PFN, pfn);
 	u32 pfn2 = inl(vb.io + VIO_QUEUE_PFN);
@@ -372,7 +321,7 @@ static u64 config_checks(void)
 	check_begin("vblk: config blk_size 512");
 	check_result(blk_size == 512, "%u", blk_size);
 	if (check_begin_bhyve("vblk: config seg_max = min(queue size - 2, 128)")) {
-		u32 w = vb.qnum - 2 < 128 ? vb.qnum - 2 : 128;
+		u32 w = vb.q.num - 2 < 128 ? vb.q.num - 2 : 128;
 		check_result(seg_max == w, "%u, want %u", seg_max, w);
 	}
 	return cap;
