@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmmapi::{Suspend, Vcpu, VcpuState, VmEntry, VmExit, VmHandle};
+use vmmapi::{EventFd, Suspend, Vcpu, VcpuState, Vm, VmEntry, VmExit, VmHandle};
 
 use crate::inout::{InoutBus, Unhandled};
 use crate::mem::MemBus;
@@ -27,16 +27,32 @@ pub struct Machine {
     /// The first fatal error; the VM is suspended when it is set.
     error: Mutex<Option<String>>,
     handle: VmHandle,
+    vm: Arc<Vm>,
 }
 
 impl Machine {
-    pub fn new(handle: VmHandle, strictio: bool) -> Machine {
+    pub fn new(vm: Arc<Vm>, strictio: bool) -> Machine {
         Machine {
             inout: InoutBus::new(),
             mem: MemBus::new(),
             strictio,
             error: Mutex::new(None),
-            handle,
+            handle: vm.handle(),
+            vm,
+        }
+    }
+
+    /// Attach or detach a doorbell eventfd (see `pci_emul::Doorbell`);
+    /// false if KVM refused, and the write then exits as usual.
+    pub fn ioeventfd(&self, port: u16, data: u16, evt: &EventFd, on: bool) -> bool {
+        match self.vm.ioeventfd(port, data, evt, on) {
+            Ok(()) => true,
+            Err(e) => {
+                if on {
+                    eprintln!("ioeventfd at port {port:#x}: {e}");
+                }
+                false
+            }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod inout;
 pub mod irq;
 pub mod mem;
+pub mod mevent;
 pub mod mptbl;
 pub mod net_backends;
 pub mod pci_emul;

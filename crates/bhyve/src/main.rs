@@ -264,12 +264,17 @@ fn run(c: Config) -> ExitCode {
         Err(e) => return fatal(e),
     };
     let vm = Arc::new(vm);
-    let machine = Arc::new(Machine::new(vm.handle(), strictio));
+    let machine = Arc::new(Machine::new(vm.clone(), strictio));
     let h = vm.handle();
     let pci_ttys = devices::take_pci_ttys(&mut plan);
+    let mevent = match bhyve::mevent::Mevent::start() {
+        Ok(m) => m,
+        Err(e) => return fatal(format!("starting the event loop: {e}")),
+    };
     let virtio = pci_emul::VirtioBackends {
         mem: vm.memory().clone(),
         msi: vm.clone(),
+        mevent: Some(mevent),
         disks: devices::take_pci_disks(&mut plan),
     };
     let mut attached = match devices::attach(

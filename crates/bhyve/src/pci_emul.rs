@@ -23,6 +23,7 @@ use crate::pci_irq::{Intx, PciIrq};
 use crate::uart_backend::UartBackend;
 use crate::virtio::{Virtio, VirtioEnv};
 use crate::{pci_hostbridge, pci_lpc, pci_lpc_bridge, pci_uart, pci_virtio_block};
+use vmmapi::EventFd;
 
 /// Standard header registers (`pcireg.h`).
 pub const PCIR_VENDOR: usize = 0x00;
@@ -110,6 +111,21 @@ pub enum PciError {
 pub trait BarSpace: Send + Sync {
     fn inout(&self) -> &InoutBus;
     fn mem(&self) -> &MemBus;
+    /// Attach (`on`) or detach a doorbell's eventfd at `port`; false when
+    /// the space has no such fast path (writes then exit as usual).
+    fn ioeventfd(&self, _port: u16, _data: u16, _evt: &EventFd, _on: bool) -> bool {
+        false
+    }
+}
+
+/// A register write the device wants signalled through an eventfd
+/// instead of a vCPU exit (a virtio queue notify): a 2-byte write of
+/// `data` at `off` in an I/O BAR.
+#[derive(Debug, Clone)]
+pub struct Doorbell {
+    pub off: u64,
+    pub data: u16,
+    pub evt: Arc<EventFd>,
 }
 
 /// MSI-X and virtio MSI messages go straight to KVM; failure only means
@@ -126,6 +142,9 @@ impl BarSpace for Machine {
     }
     fn mem(&self) -> &MemBus {
         &self.mem
+    }
+    fn ioeventfd(&self, port: u16, data: u16, evt: &EventFd, on: bool) -> bool {
+        self.ioeventfd(port, data, evt, on)
     }
 }
 
@@ -170,6 +189,10 @@ struct Bar {
     /// The base claimed on a bus, if any.
     mapped: Option<u64>,
     dev: SharedBar,
+    /// Attached as ioeventfds while an I/O BAR is mapped.
+    doorbells: Vec<Doorbell>,
+    /// Whether they are attached now.
+    rung: bool,
 }
 
 enum BarSlot {
@@ -439,7 +462,7 @@ impl PciFunction {
         &self.name
     }
 
-    fn err(&self, why: String) -> PciError {
+    pub(crate) fn err(&self, why: String) -> PciError {
         PciError::Device {
             bdf: format!("0:{}:{}", self.slot, self.func),
             why,
@@ -590,6 +613,8 @@ impl PciFunction {
             placed: false,
             mapped: None,
             dev,
+            doorbells: Vec::new(),
+            rung: false,
         });
         if span == 2 {
             self.bars[idx + 1] = BarSlot::Hi;
@@ -602,6 +627,17 @@ impl PciFunction {
     /// (`pci_emul_alloc_pbar` with a host base; the command register then
     /// had I/O and memory decoding on at init).  The guest may still move
     /// it, as any BAR.
+    /// Doorbells of the I/O BAR `idx`, attached whenever it is mapped.
+    pub fn add_doorbells(&mut self, idx: usize, doorbells: Vec<Doorbell>) -> Result<(), PciError> {
+        match self.bars.get_mut(idx) {
+            Some(BarSlot::Bar(b)) if b.kind == BarKind::Io && b.mapped.is_none() => {
+                b.doorbells = doorbells;
+                Ok(())
+            }
+            _ => Err(self.err(format!("BAR{idx} cannot take doorbells"))),
+        }
+    }
+
     pub fn add_fixed_bar(
         &mut self,
         idx: usize,
@@ -797,7 +833,15 @@ impl PciFunction {
             }
             if let Some(old) = b.mapped.take() {
                 match b.kind {
-                    BarKind::Io => space.inout().unregister(old as u16),
+                    BarKind::Io => {
+                        if b.rung {
+                            for d in &b.doorbells {
+                                space.ioeventfd(old as u16 + d.off as u16, d.data, &d.evt, false);
+                            }
+                            b.rung = false;
+                        }
+                        space.inout().unregister(old as u16)
+                    }
                     _ => space.mem().unregister(old),
                 }
             }
@@ -830,6 +874,22 @@ impl PciFunction {
             };
             if ok {
                 b.mapped = Some(addr);
+                if b.kind == BarKind::Io && !b.doorbells.is_empty() {
+                    // All or none, so that a notify never half bypasses the
+                    // device's exit path.
+                    let port = |d: &Doorbell| addr as u16 + d.off as u16;
+                    let n = b
+                        .doorbells
+                        .iter()
+                        .take_while(|d| space.ioeventfd(port(d), d.data, &d.evt, true))
+                        .count();
+                    b.rung = n == b.doorbells.len();
+                    if !b.rung {
+                        for d in &b.doorbells[..n] {
+                            space.ioeventfd(port(d), d.data, &d.evt, false);
+                        }
+                    }
+                }
             }
         }
     }
@@ -1129,6 +1189,7 @@ pub struct Pci {
 pub struct VirtioBackends {
     pub mem: vmmapi::vm_memory::GuestMemoryMmap,
     pub msi: Arc<dyn MsiSender>,
+    pub mevent: Option<Arc<crate::mevent::Mevent>>,
     pub disks: BTreeMap<Bdf, Disk>,
 }
 
@@ -1180,6 +1241,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
                 mem: v.mem,
                 msi: v.msi,
                 use_msix: config.get("virtio_msix").is_none() || config.get_bool("virtio_msix")?,
+                mevent: v.mevent,
             }),
         ),
         None => (BTreeMap::new(), None),
@@ -1390,8 +1452,18 @@ pub(crate) mod tests {
     pub(crate) struct Buses {
         pub inout: InoutBus,
         pub mem: MemBus,
+        /// Doorbells attached now, by (port, data), as KVM would hold them.
+        pub ioevents: Mutex<BTreeMap<(u16, u16), EventFd>>,
     }
     impl BarSpace for Buses {
+        fn ioeventfd(&self, port: u16, data: u16, evt: &EventFd, on: bool) -> bool {
+            let mut m = self.ioevents.lock().unwrap();
+            if on {
+                m.insert((port, data), evt.try_clone().unwrap()).is_none()
+            } else {
+                m.remove(&(port, data)).is_some()
+            }
+        }
         fn inout(&self) -> &InoutBus {
             &self.inout
         }

@@ -19,8 +19,11 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmmapi::vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use crate::bus::{IrqLine, MsiSender};
-use crate::pci_emul::{BarDevice, BarKind, PciError, PciFunction, Plain};
+use crate::mevent::Mevent;
+use crate::pci_emul::{BarDevice, BarKind, Doorbell, PciError, PciFunction, Plain};
 use crate::pci_irq::{Intx, PciIrq};
+use vmm_sys_util::eventfd::EFD_NONBLOCK;
+use vmmapi::EventFd;
 
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
 /// PCI subsystem vendor of every virtio function.
@@ -536,6 +539,9 @@ pub struct VirtioEnv {
     pub msi: Arc<dyn MsiSender>,
     /// `virtio_msix` (`-W` clears it: a single MSI instead).
     pub use_msix: bool,
+    /// Where queue notifications are served when they come through
+    /// ioeventfds; without it every notify is a vCPU exit.
+    pub mevent: Option<Arc<Mevent>>,
 }
 
 impl std::fmt::Debug for VirtioEnv {
@@ -570,6 +576,7 @@ pub fn new_function<D: VirtioDevice + 'static>(
     f.set16(PCIR_SUBVEND_0, VIRTIO_VENDOR);
     f.set16(PCIR_SUBDEV_0, ids.subsys);
     let sizes = dev.queue_sizes();
+    let nqueues = sizes.len();
     let msix = if env.use_msix {
         Some(f.add_msix(sizes.len() + 1, VIRTIO_MSIX_BAR, env.msi.clone())?)
     } else {
@@ -609,8 +616,50 @@ pub fn new_function<D: VirtioDevice + 'static>(
         dev,
     }));
     // The MSI-X layout's size is reserved even with MSI-X off.
-    f.add_bar(0, BarKind::Io, virtio_pci_config_off(true) + cfg_size, bar)?;
+    f.add_bar(
+        0,
+        BarKind::Io,
+        virtio_pci_config_off(true) + cfg_size,
+        bar.clone(),
+    )?;
+    if let Some(me) = &env.mevent {
+        let bells = doorbells(&f, me, &bar, nqueues)?;
+        f.add_doorbells(0, bells)?;
+    }
     Ok((f, vs))
+}
+
+/// One ioeventfd per queue on QUEUE_NOTIFY, each served on the mevent
+/// thread by the same register write a vCPU exit would make, so the
+/// device cannot tell the paths apart.
+fn doorbells<D: VirtioDevice + 'static>(
+    f: &PciFunction,
+    me: &Mevent,
+    bar: &Arc<Mutex<VirtioPci<D>>>,
+    nqueues: usize,
+) -> Result<Vec<Doorbell>, PciError> {
+    let mut bells = Vec::with_capacity(nqueues);
+    for q in 0..nqueues as u16 {
+        let fail = |e: std::io::Error| f.err(format!("queue {q} notify eventfd: {e}"));
+        let evt = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(fail)?);
+        let (e, weak) = (evt.clone(), Arc::downgrade(bar));
+        me.add_read(&*evt, move || {
+            // Several kicks may have merged into one count: one notify
+            // drains the queue for all of them.
+            if e.read().is_ok() {
+                if let Some(b) = weak.upgrade() {
+                    lock(&b).bar_write(VIRTIO_PCI_QUEUE_NOTIFY, &q.to_le_bytes());
+                }
+            }
+        })
+        .map_err(fail)?;
+        bells.push(Doorbell {
+            off: VIRTIO_PCI_QUEUE_NOTIFY,
+            data: q,
+            evt,
+        });
+    }
+    Ok(bells)
 }
 
 #[cfg(test)]
@@ -686,6 +735,15 @@ pub(crate) mod tests {
             dev: D,
             use_msix: bool,
         ) -> Rig {
+            Rig::with_env(mem, dev, use_msix, None)
+        }
+
+        pub fn with_env<D: VirtioDevice + 'static>(
+            mem: GuestMemoryMmap,
+            dev: D,
+            use_msix: bool,
+            mevent: Option<Arc<Mevent>>,
+        ) -> Rig {
             let lines = Arc::new(Lines::default());
             let irq = Arc::new(PciIrq::new(&lines.factory()));
             let msis = Arc::new(Msis::default());
@@ -693,6 +751,7 @@ pub(crate) mod tests {
                 mem: mem.clone(),
                 msi: msis.clone(),
                 use_msix,
+                mevent,
             };
             let ids = VirtioIds {
                 device: 0x1001,
@@ -802,6 +861,38 @@ pub(crate) mod tests {
             features: Arc::default(),
             resets: Arc::default(),
         }
+    }
+
+    /// Each queue's notify is a doorbell while BAR0 decodes: attached at
+    /// BAR0 + 16 with the queue index, moved with the BAR, detached when
+    /// I/O decoding is off; a signal on it notifies that queue on the
+    /// mevent thread, as the register write would.
+    #[test]
+    fn virtio_queue_notify_doorbells_follow_bar0() {
+        let me = Mevent::start().unwrap();
+        let e = echo();
+        let kicks = e.kicks.clone();
+        let r = Rig::with_env(ram(), e, true, Some(me.clone()));
+        let attached = |r: &Rig| -> Vec<(u16, u16)> {
+            r.space.ioevents.lock().unwrap().keys().copied().collect()
+        };
+        assert_eq!(attached(&r), [(0x2010, 0), (0x2010, 1)]);
+
+        r.space.ioevents.lock().unwrap()[&(0x2010, 1)]
+            .write(1)
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while lock(&kicks).is_empty() {
+            assert!(t0.elapsed().as_secs() < 5, "no notify from the doorbell");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert_eq!(*lock(&kicks), [1]);
+
+        r.cfg_w(0x10, 4, 0x3000);
+        assert_eq!(attached(&r), [(0x3010, 0), (0x3010, 1)]);
+        r.cfg_w(0x04, 2, 0);
+        assert!(attached(&r).is_empty(), "decoding off detaches");
+        me.stop();
     }
 
     #[test]

@@ -18,3 +18,4 @@ pub mod vcpu_state;
 pub mod vm;
 
 pub use error::{Error, Result};
+pub use vmm_sys_util::eventfd::EventFd;

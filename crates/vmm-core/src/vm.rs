@@ -24,9 +24,10 @@ use kvm_bindings::{
     kvm_msi, kvm_msr_entry, kvm_pit_config, kvm_regs, kvm_segment, kvm_sregs,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::cpuid::{CpuidOpts, bhyve_cpuid};
 use crate::error::{Error, Result};
@@ -385,6 +386,23 @@ impl Vm {
         };
         self.fd.signal_msi(msi).map_err(kvm_err("sending MSI"))?;
         Ok(())
+    }
+
+    /// Attach `evt` to 2-byte guest writes of `datamatch` to `port`, or
+    /// detach it (KVM_IOEVENTFD): such a write then signals `evt` inside
+    /// KVM and the vCPU goes straight back to the guest instead of exiting
+    /// to us. Used for virtio queue notifications.
+    pub fn ioeventfd(&self, port: u16, datamatch: u16, evt: &EventFd, attach: bool) -> Result<()> {
+        let addr = IoEventAddress::Pio(port.into());
+        if attach {
+            self.fd
+                .register_ioevent(evt, &addr, datamatch)
+                .map_err(kvm_err("attaching an ioeventfd"))
+        } else {
+            self.fd
+                .unregister_ioevent(evt, &addr, datamatch)
+                .map_err(kvm_err("detaching an ioeventfd"))
+        }
     }
 
     /// Set the level of an IO-APIC pin / ISA IRQ (KVM routes GSI 0–15 to both

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 pub use vm_memory;
+pub use vmm_core::EventFd;
 pub use vmm_core::cpuid::{CpuidOpts, Topology};
 pub use vmm_core::ctl::{Request, Response};
 pub use vmm_core::instance::{InstanceState, RunLock, RunState, VM_MAXCPU, vmm_dir};
