@@ -114,6 +114,18 @@ impl Mevent {
         }
     }
 
+    /// Stop or resume watching an event without forgetting its handler
+    /// (`mevent_disable` / `mevent_enable`): a device with nowhere to put
+    /// input stops listening until the guest makes room.
+    pub fn set_enabled(&self, id: MeventId, on: bool) {
+        if let Some((raw, _)) = lock(&self.handlers).get(&id.0) {
+            let set = if on { EventSet::IN } else { EventSet::empty() };
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Modify, *raw, EpollEvent::new(set, id.0));
+        }
+    }
+
     /// End the loop thread (after the handler running now, if any).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
@@ -154,9 +166,15 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(3));
         evt.write(1).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+        me.set_enabled(id, false);
+        evt.write(1).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        me.set_enabled(id, true);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
         me.delete(id);
         evt.write(1).unwrap();
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        me.stop();
     }
 
     #[test]

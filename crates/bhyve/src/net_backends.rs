@@ -6,7 +6,7 @@
 //! `SOCK_SEQPACKET` socketpair in tests) can stand in.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// bhyve's bounce buffer: the largest frame read at once.
 pub const NET_MAX_FRAME: usize = 64 * 1024;
@@ -128,17 +128,12 @@ impl NetBackend {
         }
         Ok(Some(n as usize))
     }
+}
 
-    /// Wait up to `ms` for a frame to read.
-    pub fn wait_readable(&self, ms: i32) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        n > 0 && p.revents & libc::POLLIN != 0
+/// For the event loop: readable when a frame is waiting.
+impl AsRawFd for NetBackend {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
     }
 }
 
@@ -194,11 +189,9 @@ pub(crate) mod tests {
         let (be, wire) = pair();
         let mut buf = [0u8; 64];
         assert_eq!(be.recv(&mut buf).unwrap(), None, "non-blocking");
-        assert!(!be.wait_readable(0));
         let w = NetBackend::from_fd(wire, "wire").unwrap();
         w.send(b"abc").unwrap();
         w.send(b"defgh").unwrap();
-        assert!(be.wait_readable(1000));
         assert_eq!(be.recv(&mut buf).unwrap(), Some(3));
         assert_eq!(be.recv(&mut buf).unwrap(), Some(5));
         assert_eq!(&buf[..5], b"defgh");

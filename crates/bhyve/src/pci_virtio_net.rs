@@ -3,17 +3,20 @@
 //! carries bare frames: TX strips the guest's virtio-net header, RX
 //! prepends a zeroed one (with `num_buffers` under MRG_RXBUF).
 //!
-//! RX runs on a thread of its own once the guest has first kicked the
-//! RX queue; when the ring has no room it holds the frame (and any
-//! chains already taken) until the next RX kick, dropping nothing.  TX
-//! runs on the kick.  Every descriptor is checked against guest RAM
-//! before it is touched.
+//! RX runs on the mevent thread whenever the tap is readable, once the
+//! guest has first kicked the RX queue; when the ring has no room it
+//! holds the frame (and any chains already taken), stops listening to
+//! the tap and goes on at the next RX kick, dropping nothing (bhyve's
+//! `pci_vtnet_rx` with `mevent_disable`/`mevent_enable`).  TX runs on
+//! the kick, which arrives on the mevent thread too through an
+//! ioeventfd.  Every descriptor is checked against guest RAM before it
+//! is touched.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vmmapi::vm_memory::{Bytes, GuestMemoryMmap};
 
+use crate::mevent::{Mevent, MeventId};
 use crate::net_backends::{NET_MAX_FRAME, NetBackend};
 use crate::pci_emul::{PciError, PciFunction};
 use crate::pci_irq::PciIrq;
@@ -86,25 +89,26 @@ pub fn parse_mtu(s: &str) -> Result<u16, String> {
     }
 }
 
-/// RX state shared with the RX thread.
-#[derive(Default)]
+/// RX state, shared by the tap handler and the RX kick.
 struct RxState {
     /// Set by the first RX kick after features were negotiated.
     vs: Option<Virtio>,
     ready: bool,
     hdrlen: usize,
     mrg: bool,
-    /// Bumped by each RX kick.
-    kicks: u64,
-    /// Bumped by reset: held chains are then stale.
-    resets: u64,
-    stop: bool,
+    /// The frame last read, when `pending` says it did not fit yet.
+    buf: Vec<u8>,
+    pending: Option<usize>,
+    /// Chains taken for a frame that did not fit yet.
+    held: Vec<Chain>,
+    /// The tap's event, once the first RX kick registered it.
+    event: Option<MeventId>,
 }
 
 struct Shared {
     be: NetBackend,
     rx: Mutex<RxState>,
-    cv: Condvar,
+    mevent: Arc<Mevent>,
 }
 
 /// The device.
@@ -113,7 +117,6 @@ pub struct VtNet {
     cfg: [u8; VTNET_CFG_SIZE],
     features: u64,
     negotiated: bool,
-    rx_thread: bool,
 }
 
 impl std::fmt::Debug for VtNet {
@@ -134,7 +137,7 @@ pub fn config_space(mac: [u8; 6], mtu: Option<u16>) -> [u8; VTNET_CFG_SIZE] {
 
 impl VtNet {
     /// `pci_vtnet_init` for an opened backend.
-    pub fn new(be: NetBackend, mac: [u8; 6], mtu: Option<u16>) -> VtNet {
+    pub fn new(be: NetBackend, mac: [u8; 6], mtu: Option<u16>, mevent: Arc<Mevent>) -> VtNet {
         let mut features = VIRTIO_NET_F_MAC
             | VIRTIO_NET_F_STATUS
             | VIRTIO_F_NOTIFY_ON_EMPTY
@@ -147,15 +150,20 @@ impl VtNet {
             sh: Arc::new(Shared {
                 be,
                 rx: Mutex::new(RxState {
+                    vs: None,
+                    ready: false,
                     hdrlen: VTNET_HDR_LEN,
-                    ..RxState::default()
+                    mrg: false,
+                    buf: vec![0; NET_MAX_FRAME],
+                    pending: None,
+                    held: Vec::new(),
+                    event: None,
                 }),
-                cv: Condvar::new(),
+                mevent,
             }),
             cfg: config_space(mac, mtu),
             features,
             negotiated: false,
-            rx_thread: false,
         }
     }
 
@@ -197,8 +205,9 @@ impl VtNet {
 
 impl Drop for VtNet {
     fn drop(&mut self) {
-        lock(&self.sh.rx).stop = true;
-        self.sh.cv.notify_all();
+        if let Some(id) = lock(&self.sh.rx).event.take() {
+            self.sh.mevent.delete(id);
+        }
     }
 }
 
@@ -278,54 +287,54 @@ fn rx_frame(vs: &Virtio, frame: &[u8], hdrlen: usize, mrg: bool, held: &mut Vec<
     true
 }
 
-/// The RX thread: frames from the backend into the RX queue.
-fn rx_loop(sh: Arc<Shared>) {
-    let mut buf = vec![0u8; NET_MAX_FRAME];
-    let mut pending: Option<usize> = None;
-    let mut held: Vec<Chain> = Vec::new();
-    let mut seen_resets = 0;
-    loop {
-        let (vs, hdrlen, mrg, kicks) = {
-            let mut st = lock(&sh.rx);
-            while !st.stop && (!st.ready || st.vs.is_none()) {
-                st = sh.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+/// Frames from the backend into the RX queue until the backend is empty
+/// or the ring is full; in the latter case stop listening to the backend
+/// until the next RX kick.
+fn rx_drain(sh: &Shared) {
+    let mut guard = lock(&sh.rx);
+    let st = &mut *guard;
+    let vs = match (&st.vs, st.ready) {
+        (Some(vs), true) => vs.clone(),
+        _ => {
+            if let Some(id) = st.event {
+                sh.mevent.set_enabled(id, false);
             }
-            if st.stop {
-                return;
-            }
-            if st.resets != seen_resets {
-                seen_resets = st.resets;
-                held.clear();
-            }
-            let Some(vs) = st.vs.clone() else { continue };
-            (vs, st.hdrlen, st.mrg, st.kicks)
-        };
-        let n = match pending.take() {
-            Some(n) => n,
-            None => {
-                if !sh.be.wait_readable(100) {
-                    continue;
-                }
-                match sh.be.recv(&mut buf) {
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        eprintln!("{}: rx: {e}", sh.be.name());
-                        return;
-                    }
-                }
-            }
-        };
-        if rx_frame(&vs, &buf[..n], hdrlen, mrg, &mut held) {
-            continue;
+            return;
         }
-        // No room: wait for the guest to kick RX (or a reset/stop).
-        pending = Some(n);
-        let mut st = lock(&sh.rx);
-        while !st.stop && st.kicks == kicks && st.resets == seen_resets {
-            st = sh.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+    };
+    loop {
+        let n = match st.pending.take() {
+            Some(n) => n,
+            None => match sh.be.recv(&mut st.buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(e) => {
+                    eprintln!("{}: rx: {e}", sh.be.name());
+                    if let Some(id) = st.event {
+                        sh.mevent.set_enabled(id, false);
+                    }
+                    return;
+                }
+            },
+        };
+        if !rx_frame(&vs, &st.buf[..n], st.hdrlen, st.mrg, &mut st.held) {
+            st.pending = Some(n);
+            if let Some(id) = st.event {
+                sh.mevent.set_enabled(id, false);
+            }
+            return;
         }
     }
+}
+
+/// The tap's readable event, served on the mevent thread.
+fn rx_register(sh: &Arc<Shared>) -> std::io::Result<MeventId> {
+    let weak: Weak<Shared> = Arc::downgrade(sh);
+    sh.mevent.add_read(&sh.be, move || {
+        if let Some(sh) = weak.upgrade() {
+            rx_drain(&sh);
+        }
+    })
 }
 
 impl VirtioDevice for VtNet {
@@ -374,22 +383,23 @@ impl VirtioDevice for VtNet {
                 if !self.negotiated {
                     return;
                 }
-                {
+                let event = {
                     let mut st = lock(&self.sh.rx);
                     st.vs = Some(vs.clone());
                     st.ready = true;
-                    st.kicks += 1;
-                }
-                self.sh.cv.notify_all();
-                if !self.rx_thread {
-                    let sh = self.sh.clone();
-                    match thread::Builder::new()
-                        .name(format!("vtnet-rx {}", self.sh.be.name()))
-                        .spawn(move || rx_loop(sh))
-                    {
-                        Ok(_) => self.rx_thread = true,
-                        Err(e) => eprintln!("{}: rx thread: {e}", self.sh.be.name()),
+                    if st.event.is_none() {
+                        match rx_register(&self.sh) {
+                            Ok(id) => st.event = Some(id),
+                            Err(e) => eprintln!("{}: rx event: {e}", self.sh.be.name()),
+                        }
                     }
+                    st.event
+                };
+                // Room may have appeared for a held frame; then listen to
+                // the backend again.
+                rx_drain(&self.sh);
+                if let Some(id) = event {
+                    self.sh.mevent.set_enabled(id, true);
                 }
             }
             VTNET_TXQ => {
@@ -403,15 +413,17 @@ impl VirtioDevice for VtNet {
     }
 
     fn reset(&mut self) {
-        {
-            let mut st = lock(&self.sh.rx);
-            st.ready = false;
-            st.mrg = false;
-            st.hdrlen = VTNET_HDR_LEN;
-            st.resets += 1;
+        let mut st = lock(&self.sh.rx);
+        st.ready = false;
+        st.mrg = false;
+        st.hdrlen = VTNET_HDR_LEN;
+        // Chains of the old rings are stale; a read frame is kept.
+        st.held.clear();
+        if let Some(id) = st.event {
+            self.sh.mevent.set_enabled(id, false);
         }
+        drop(st);
         self.negotiated = false;
-        self.sh.cv.notify_all();
     }
 }
 
@@ -444,6 +456,10 @@ pub fn new(
         None => gen_mac(slot, func, vmname),
     };
     let mtu = mtu.map(parse_mtu).transpose().map_err(err)?;
+    let mevent = env
+        .mevent
+        .clone()
+        .ok_or_else(|| err("needs the event loop".into()))?;
     let ids = VirtioIds {
         device: VIRTIO_DEV_NET,
         class: PCIC_NETWORK,
@@ -454,7 +470,7 @@ pub fn new(
         func,
         "virtio-net",
         ids,
-        VtNet::new(be, mac, mtu),
+        VtNet::new(be, mac, mtu, mevent),
         env,
         irq,
     )
@@ -470,6 +486,7 @@ mod tests {
         VIRTIO_PCI_QUEUE_PFN, VIRTIO_PCI_QUEUE_SEL,
     };
     use std::os::fd::{AsRawFd, OwnedFd};
+    use std::thread;
     use std::time::{Duration, Instant};
     use vmmapi::vm_memory::GuestAddress;
 
@@ -484,7 +501,9 @@ mod tests {
 
     fn rig(features: u32) -> T {
         let (be, wire) = pair();
-        let r = Rig::new(VtNet::new(be, gen_mac(4, 0, "vm"), None), false);
+        let me = Mevent::start().unwrap();
+        let dev = VtNet::new(be, gen_mac(4, 0, "vm"), None, me.clone());
+        let r = Rig::with_env(crate::virtio::tests::ram(), dev, false, Some(me));
         r.outl(VIRTIO_PCI_GUEST_FEATURES, 4, features);
         // RX ring at 0x10000, TX ring at 0x20000 (1024 entries each).
         r.outl(VIRTIO_PCI_QUEUE_SEL, 2, 0);
