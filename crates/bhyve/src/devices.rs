@@ -22,6 +22,7 @@ use crate::callout::Callout;
 use crate::config::{Bdf, Config, ConfigError};
 use crate::inout::{InoutBus, InoutError};
 use crate::mem::{MemBus, MemError};
+use crate::mevent::Mevent;
 use crate::pci_emul::Pci;
 use crate::pci_lpc::{self, COM_PORTS, ComPort, ComRes, Trigger, UART_IO_BAR_SIZE};
 use crate::pm::{self, Pm, ResetControl};
@@ -246,6 +247,8 @@ pub struct Wiring<'a> {
     pub irqs: Arc<dyn IrqSink>,
     /// Stops the VM.
     pub suspend: Suspender,
+    /// Serves the COM ports' host input.
+    pub mevent: Arc<Mevent>,
 }
 
 impl std::fmt::Debug for Wiring<'_> {
@@ -265,6 +268,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
         isa_irq: irq,
         irqs,
         suspend,
+        mevent,
     } = w;
     let pm = Arc::new(Mutex::new(Pm::new(irq(pm::SCI_INT), suspend.clone())));
     for (base, len) in Pm::ports() {
@@ -314,7 +318,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
         )));
         inout.register(com.res.base, UART_IO_BAR_SIZE, &com.name, port.clone())?;
         if let Some(be) = backend {
-            pci_lpc::start_reader(port.clone(), be).map_err(|e| DeviceError::Setup {
+            pci_lpc::start_reader(port.clone(), be, &mevent).map_err(|e| DeviceError::Setup {
                 what: format!("{} input thread", com.name),
                 why: e.to_string(),
             })?;
@@ -525,6 +529,7 @@ mod tests {
                 isa_irq: &|_| Arc::new(Level::default()),
                 irqs: Arc::new(Irqs::default()),
                 suspend: s,
+                mevent: crate::mevent::tests::shared(),
             },
         )
         .unwrap();
@@ -653,12 +658,21 @@ mod tests {
                 isa_irq: &|_| Arc::new(Level::default()),
                 irqs: Arc::new(Irqs::default()),
                 suspend: s,
+                mevent: crate::mevent::tests::shared(),
             },
         )
         .unwrap();
         assert_eq!(rd(&space.inout, 0x3fd, 1), Err(Unhandled::Unclaimed));
         let lines = Arc::new(crate::pci_irq::tests::Lines::default());
-        let pci = crate::pci_emul::attach_pci(&space, &c, &lines.factory(), ttys, None).unwrap();
+        let pci = crate::pci_emul::attach_pci(
+            &space,
+            &c,
+            &lines.factory(),
+            ttys,
+            None,
+            &crate::mevent::tests::shared(),
+        )
+        .unwrap();
         assert_eq!(rd(&space.inout, 0x3fd, 1), Ok(0x60), "COM1 LSR via 30.0");
         assert_eq!(rd(&space.inout, 0x2fd, 1), Ok(0x60), "COM2 LSR via 31.0");
         let bar0 = |slot| {

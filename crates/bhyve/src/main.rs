@@ -274,7 +274,6 @@ fn run(c: Config) -> ExitCode {
     let virtio = pci_emul::VirtioBackends {
         mem: vm.memory().clone(),
         msi: vm.clone(),
-        mevent: Some(mevent),
         disks: devices::take_pci_disks(&mut plan),
     };
     let mut attached = match devices::attach(
@@ -285,6 +284,7 @@ fn run(c: Config) -> ExitCode {
             isa_irq: &|gsi| Arc::new(IsaIrq::new(vm.clone(), gsi)),
             irqs: Arc::new(VmIrqSink::new(vm.clone())),
             suspend: Arc::new(move |how| h.suspend(how)),
+            mevent: mevent.clone(),
         },
     ) {
         Ok(a) => a,
@@ -298,6 +298,7 @@ fn run(c: Config) -> ExitCode {
         &|gsi| Arc::new(IsaIrq::new(vm.clone(), gsi)),
         pci_ttys,
         Some(virtio),
+        &mevent,
     ) {
         Ok(p) => p,
         Err(e) => return fatal(e),

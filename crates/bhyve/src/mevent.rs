@@ -145,8 +145,15 @@ impl Mevent {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::OnceLock;
+
+    /// One loop for the unit tests that only need one to exist.
+    pub(crate) fn shared() -> Arc<Mevent> {
+        static ME: OnceLock<Arc<Mevent>> = OnceLock::new();
+        ME.get_or_init(|| Mevent::start().unwrap()).clone()
+    }
     use std::sync::mpsc;
     use std::time::Duration;
 

@@ -19,6 +19,7 @@ use crate::bus::{Irq, MmioDevice, MsiSender, PioDevice};
 use crate::config::{Bdf, Config, ConfigError};
 use crate::inout::{InoutBus, InoutError};
 use crate::mem::{MemBus, MemError};
+use crate::mevent::Mevent;
 use crate::pci_irq::{Intx, PciIrq};
 use crate::uart_backend::UartBackend;
 use crate::virtio::{Virtio, VirtioEnv};
@@ -1189,7 +1190,6 @@ pub struct Pci {
 pub struct VirtioBackends {
     pub mem: vmmapi::vm_memory::GuestMemoryMmap,
     pub msi: Arc<dyn MsiSender>,
-    pub mevent: Option<Arc<crate::mevent::Mevent>>,
     pub disks: BTreeMap<Bdf, Disk>,
 }
 
@@ -1216,6 +1216,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
     line: &dyn Fn(u32) -> Irq,
     mut uart_backends: BTreeMap<Bdf, UartBackend>,
     virtio: Option<VirtioBackends>,
+    mevent: &Arc<Mevent>,
 ) -> Result<Pci, PciError> {
     let memsize = config.memsize()?;
     let irq = Arc::new(PciIrq::new(line));
@@ -1241,7 +1242,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
                 mem: v.mem,
                 msi: v.msi,
                 use_msix: config.get("virtio_msix").is_none() || config.get_bool("virtio_msix")?,
-                mevent: v.mevent,
+                mevent: Some(mevent.clone()),
             }),
         ),
         None => (BTreeMap::new(), None),
@@ -1355,7 +1356,7 @@ pub fn attach_pci<S: BarSpace + 'static>(
     )?;
     for (port, be) in ports {
         let name = lock(&port).name().to_string();
-        pci_lpc::start_reader(port, be).map_err(|e| PciError::Device {
+        pci_lpc::start_reader(port, be, mevent).map_err(|e| PciError::Device {
             bdf: name,
             why: format!("input thread: {e}"),
         })?;
@@ -1509,6 +1510,7 @@ pub(crate) mod tests {
             &lines.factory(),
             BTreeMap::new(),
             None,
+            &crate::mevent::tests::shared(),
         )
         .unwrap();
         (space, pci, lines)
@@ -1763,6 +1765,7 @@ pub(crate) mod tests {
             &lines.factory(),
             BTreeMap::new(),
             None,
+            &crate::mevent::tests::shared(),
         )
         .unwrap();
         let s = &*space;
@@ -1838,7 +1841,15 @@ pub(crate) mod tests {
         let mut c = legacy_config();
         c.set("pci.enable_bars", "false");
         let space = Arc::new(Buses::default());
-        attach_pci(&space, &c, &lines.factory(), BTreeMap::new(), None).unwrap();
+        attach_pci(
+            &space,
+            &c,
+            &lines.factory(),
+            BTreeMap::new(),
+            None,
+            &crate::mevent::tests::shared(),
+        )
+        .unwrap();
         assert_eq!(
             cfg(&space, 30, 0, 4, 2),
             u32::from(CMD_BUSMASTEREN | CMD_PORTEN)
@@ -1854,6 +1865,7 @@ pub(crate) mod tests {
             &lines.factory(),
             BTreeMap::new(),
             None,
+            &crate::mevent::tests::shared(),
         )
         .unwrap_err();
         assert_eq!(

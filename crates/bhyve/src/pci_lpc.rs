@@ -1,16 +1,17 @@
 //! The COM ports (`amd64/pci_lpc.c` `lpc_uart_*`): a 16550 (uart_emul.rs)
 //! at an ISA port range and IRQ, with an optional backend
-//! (uart_backend.rs) and one reader thread per backend (bhyve's mevent
-//! callback `uart_drain`).
+//! (uart_backend.rs) whose input is served on the event loop (bhyve's
+//! mevent callback `uart_drain`).
 //!
 //! The LPC bridge registers COM1–COM4 at their ISA resources whether or not
 //! a backend is configured.  The 2013 legacy PCI UART (`-S 31,uart,stdio`)
 //! is the same port behind a PCI function whose BAR0 and INTx are fixed on
 //! COM1's and then COM2's resources (pci_uart.rs).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::bus::{Irq, PioDevice};
+use crate::mevent::{Mevent, MeventId};
 use crate::uart_backend::{Input, UartBackend};
 use crate::uart_emul::{Effects, FIFOSZ, UartEmul};
 
@@ -191,21 +192,65 @@ impl PioDevice for ComPort {
     }
 }
 
-/// Start the reader thread of `port`'s backend (bhyve's mevent loop for
-/// it).  It sleeps in poll(2) and ends when input ends.
-pub fn start_reader(port: Arc<Mutex<ComPort>>, backend: Arc<UartBackend>) -> std::io::Result<()> {
-    let name = port.lock().unwrap_or_else(|e| e.into_inner()).name.clone();
-    std::thread::Builder::new()
-        .name(format!("{name} input"))
-        .spawn(move || {
-            while !backend.rx_closed() {
-                let listen = port.lock().unwrap_or_else(|e| e.into_inner()).wants_input();
-                backend.wait(listen);
-                if listen {
-                    port.lock().unwrap_or_else(|e| e.into_inner()).drain();
-                }
+fn lock(p: &Mutex<ComPort>) -> MutexGuard<'_, ComPort> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serve `port`'s backend input on the event loop (`uart_drain`): host
+/// input is drained into the RX FIFO while it has room; a full FIFO
+/// disables the input event until the UART asks for more (its
+/// `rx_resume` signals the backend's wake fd); ended input removes the
+/// event.  Input epoll cannot watch (a regular file on stdin) is drained
+/// on the wakes alone, which is enough as it never blocks.
+pub fn start_reader(
+    port: Arc<Mutex<ComPort>>,
+    backend: Arc<UartBackend>,
+    mevent: &Arc<Mevent>,
+) -> std::io::Result<()> {
+    let input: Arc<OnceLock<MeventId>> = Arc::default();
+    let (p, be, me, id) = (
+        port.clone(),
+        backend.clone(),
+        Arc::downgrade(mevent),
+        input.clone(),
+    );
+    let rx = mevent.add_read(backend.input_fd(), move || {
+        let mut c = lock(&p);
+        if c.wants_input() {
+            c.drain();
+        }
+        let (Some(&id), Some(me)) = (id.get(), me.upgrade()) else {
+            return;
+        };
+        if be.rx_closed() {
+            me.delete(id);
+        } else if !c.wants_input() {
+            me.set_enabled(id, false);
+        }
+    });
+    let rx = match rx {
+        Ok(id) => {
+            let _ = input.set(id);
+            Some(id)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+        Err(e) => return Err(e),
+    };
+    let (me, be) = (Arc::downgrade(mevent), backend.clone());
+    mevent.add_read(backend.wake_fd(), move || {
+        be.clear_wakes();
+        let mut c = lock(&port);
+        if c.wants_input() {
+            c.drain();
+        }
+        if let (Some(rx), Some(me)) = (rx, me.upgrade()) {
+            if !be.rx_closed() && c.wants_input() {
+                me.set_enabled(rx, true);
             }
-        })?;
+        }
+    })?;
+    // The first look at input.
+    backend.wake();
     Ok(())
 }
 
@@ -290,7 +335,8 @@ mod tests {
             Some(be.clone()),
         )));
         c.lock().unwrap().pio_write(0x2f9, &[IER_ERXRDY]);
-        start_reader(c.clone(), be).unwrap();
+        let me = Mevent::start().unwrap();
+        start_reader(c.clone(), be, &me).unwrap();
         m.write_all(b"ab").unwrap();
         let t = std::time::Instant::now();
         while rd(&mut c.lock().unwrap(), 0x2fd) & LSR_RXRDY == 0 {

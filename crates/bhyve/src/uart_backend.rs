@@ -184,13 +184,18 @@ impl UartBackend {
         let _ = (&self.wake_tx).write(&[1]);
     }
 
-    /// Wait until input may be there (`listen`) or someone woke us.
-    pub fn wait(&self, listen: bool) {
-        let mut fds = vec![PollFd::new(self.wake_rx.as_fd(), PollFlags::POLLIN)];
-        if listen && !self.rx_closed() {
-            fds.push(PollFd::new(self.rx.as_fd(), PollFlags::POLLIN));
-        }
-        let _ = poll(&mut fds, PollTimeout::NONE);
+    /// Readable when input may be there (for the event loop).
+    pub fn input_fd(&self) -> &File {
+        &self.rx
+    }
+
+    /// Readable after [`UartBackend::wake`] (for the event loop).
+    pub fn wake_fd(&self) -> &UnixStream {
+        &self.wake_rx
+    }
+
+    /// Consume the wakeups signalled so far.
+    pub fn clear_wakes(&self) {
         let mut b = [0u8; 64];
         while matches!((&self.wake_rx).read(&mut b), Ok(n) if n > 0) {}
     }
@@ -219,6 +224,12 @@ mod tests {
         assert_eq!(e.to_string(), "uart backend /dev/null: not a tty");
     }
 
+    /// Until the input fd is readable (as the event loop would wait).
+    fn wait_input(b: &UartBackend) {
+        let mut fds = [PollFd::new(b.input_fd().as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)), Ok(1));
+    }
+
     #[test]
     fn pty_input_output_and_eof() {
         let master = nix::pty::posix_openpt(nix::fcntl::OFlag::O_RDWR).unwrap();
@@ -234,18 +245,18 @@ mod tests {
         m.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"o");
         m.write_all(b"in").unwrap();
-        b.wait(true);
+        wait_input(&b);
         let mut n = 0;
         while n < 2 {
             match b.read(&mut buf[n..]) {
                 Input::Bytes(k) => n += k,
-                Input::Empty => b.wait(true),
+                Input::Empty => wait_input(&b),
                 Input::Closed => panic!("closed"),
             }
         }
         assert_eq!(&buf[..2], b"in");
         drop(m);
-        b.wait(true);
+        wait_input(&b);
         assert_eq!(b.read(&mut buf), Input::Closed);
         assert!(b.rx_closed());
     }
