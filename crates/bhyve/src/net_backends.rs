@@ -1,9 +1,13 @@
 //! Network backends for virtio-net (`net_backends.c`): a Linux tap
-//! opened through `/dev/net/tun`.  As bhyve's tap backend it carries
-//! bare Ethernet frames (no virtio-net header: the device strips it on
-//! TX and prepends a zeroed one on RX), is non-blocking and is brought
-//! up when opened.  Any fd that keeps frame boundaries (a tap, or a
-//! `SOCK_SEQPACKET` socketpair in tests) can stand in.
+//! opened through `/dev/net/tun`, non-blocking and brought up when
+//! opened.  The tap carries the virtio-net header in front of each frame
+//! (IFF_VNET_HDR, sized to what the guest negotiated), so the device
+//! passes headers through instead of stripping and prepending them.
+//! bhyve's tap backend offers the guest no offloads, so the tap's
+//! offloads stay off (TUNSETOFFLOAD 0): nothing was acknowledged that
+//! could turn them on.  Any fd that keeps frame boundaries (a
+//! `SOCK_SEQPACKET` socketpair in tests) can stand in, with or without
+//! headers.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -12,6 +16,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 pub const NET_MAX_FRAME: usize = 64 * 1024;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_VNET_HDR: libc::c_int = 0x4000;
 const IFNAMSIZ: usize = 16;
 
 /// `struct ifreq` with the flags member of its union, padded.
@@ -46,6 +53,8 @@ impl IfReq {
 pub struct NetBackend {
     fd: OwnedFd,
     name: String,
+    /// Frames carry a virtio-net header.
+    vnet_hdr: bool,
 }
 
 impl NetBackend {
@@ -65,23 +74,59 @@ impl NetBackend {
         }
         // SAFETY: `fd` was just opened and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        req.flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        req.flags = (libc::IFF_TAP | libc::IFF_NO_PI | IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `req` is.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req) } < 0 {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(e.kind(), format!("{name}: TUNSETIFF: {e}")));
         }
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD as _, 0 as libc::c_uint) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{name}: TUNSETOFFLOAD: {e}"),
+            ));
+        }
         if let Err(e) = if_up(name) {
             eprintln!("{name}: could not bring the interface up: {e}");
         }
-        Ok(NetBackend {
+        let be = NetBackend {
             fd,
             name: name.to_string(),
-        })
+            vnet_hdr: true,
+        };
+        // Until features are negotiated the header is the short one.
+        be.set_hdr_len(10)?;
+        Ok(be)
     }
 
-    /// Any frame-preserving fd (made non-blocking here).
-    pub fn from_fd(fd: OwnedFd, name: &str) -> io::Result<NetBackend> {
+    /// Whether frames carry a virtio-net header.
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// The header length the guest negotiated (10, or 12 with
+    /// MRG_RXBUF), for both directions (TUNSETVNETHDRSZ).
+    pub fn set_hdr_len(&self, len: usize) -> io::Result<()> {
+        if !self.vnet_hdr {
+            return Ok(());
+        }
+        let v = len as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads one int.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &v) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: TUNSETVNETHDRSZ: {e}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Any frame-preserving fd (made non-blocking here), whose frames
+    /// carry a virtio-net header if `vnet_hdr`.
+    pub fn from_fd(fd: OwnedFd, name: &str, vnet_hdr: bool) -> io::Result<NetBackend> {
         // SAFETY: fcntl on an fd we own.
         let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         if fl < 0 {
@@ -94,6 +139,7 @@ impl NetBackend {
         Ok(NetBackend {
             fd,
             name: name.to_string(),
+            vnet_hdr,
         })
     }
 
@@ -168,6 +214,11 @@ pub(crate) mod tests {
 
     /// A frame-preserving pair: the device's end and the "wire".
     pub fn pair() -> (NetBackend, OwnedFd) {
+        pair_with(false)
+    }
+
+    /// The same whose frames carry virtio-net headers, as a tap's do.
+    pub fn pair_with(vnet_hdr: bool) -> (NetBackend, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for two fds.
         let r = unsafe {
@@ -181,7 +232,7 @@ pub(crate) mod tests {
         assert_eq!(r, 0);
         // SAFETY: both just created.
         let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        (NetBackend::from_fd(a, "pair").unwrap(), b)
+        (NetBackend::from_fd(a, "pair", vnet_hdr).unwrap(), b)
     }
 
     #[test]
@@ -189,7 +240,7 @@ pub(crate) mod tests {
         let (be, wire) = pair();
         let mut buf = [0u8; 64];
         assert_eq!(be.recv(&mut buf).unwrap(), None, "non-blocking");
-        let w = NetBackend::from_fd(wire, "wire").unwrap();
+        let w = NetBackend::from_fd(wire, "wire", false).unwrap();
         w.send(b"abc").unwrap();
         w.send(b"defgh").unwrap();
         assert_eq!(be.recv(&mut buf).unwrap(), Some(3));

@@ -1,7 +1,10 @@
 //! virtio-net (`pci_virtio_net.c`, `net_utils.c`): RX and TX queues of
-//! 1024, bhyve's feature set and config space, a tap backend.  The tap
-//! carries bare frames: TX strips the guest's virtio-net header, RX
-//! prepends a zeroed one (with `num_buffers` under MRG_RXBUF).
+//! 1024, bhyve's feature set and config space, a tap backend.  A tap
+//! takes and gives the virtio-net header with each frame (TX passes the
+//! guest's through with its offload fields cleared, as none were
+//! negotiated; RX gets the tap's and sets `num_buffers` under
+//! MRG_RXBUF); a backend without headers gets frames stripped of the
+//! header on TX and a zeroed one in front on RX.
 //!
 //! RX runs on the mevent thread whenever the tap is readable, once the
 //! guest has first kicked the RX queue; when the ring has no room it
@@ -154,7 +157,7 @@ impl VtNet {
                     ready: false,
                     hdrlen: VTNET_HDR_LEN,
                     mrg: false,
-                    buf: vec![0; NET_MAX_FRAME],
+                    buf: vec![0; VTNET_MRG_HDR_LEN + NET_MAX_FRAME],
                     pending: None,
                     held: Vec::new(),
                     event: None,
@@ -195,7 +198,15 @@ impl VtNet {
             }
         }
         if frame.len() > hdrlen {
-            if let Err(e) = self.sh.be.send(&frame[hdrlen..]) {
+            let out = if self.sh.be.has_vnet_hdr() {
+                // No offload was offered: a header asking for checksum or
+                // segmentation work must not reach the host's stack.
+                frame[..hdrlen].fill(0);
+                &frame[..]
+            } else {
+                &frame[hdrlen..]
+            };
+            if let Err(e) = self.sh.be.send(out) {
                 eprintln!("{}: tx: {e}", self.sh.be.name());
             }
         }
@@ -240,13 +251,11 @@ fn scatter(
     off
 }
 
-/// `pci_vtnet_rx` for one frame: false (chains kept in `held`) when the
-/// ring ran out before the frame fit.
-fn rx_frame(vs: &Virtio, frame: &[u8], hdrlen: usize, mrg: bool, held: &mut Vec<Chain>) -> bool {
+/// `pci_vtnet_rx` for one packet (header, then frame): false (chains
+/// kept in `held`) when the ring ran out before it fit.
+fn rx_frame(vs: &Virtio, bytes: &mut [u8], mrg: bool, held: &mut Vec<Chain>) -> bool {
     let mem = vs.mem();
-    let total = hdrlen + frame.len();
-    let mut bytes = vec![0u8; hdrlen];
-    bytes.extend_from_slice(frame);
+    let total = bytes.len();
     if !mrg {
         let c = match held.pop() {
             Some(c) => c,
@@ -256,7 +265,7 @@ fn rx_frame(vs: &Virtio, frame: &[u8], hdrlen: usize, mrg: bool, held: &mut Vec<
             },
         };
         // A short chain gets the frame truncated, as readv into it would.
-        let n = scatter(&mem, &rx_room(vs, &c), &bytes);
+        let n = scatter(&mem, &rx_room(vs, &c), bytes);
         vs.done(&c, n as u32);
         return true;
     }
@@ -277,7 +286,7 @@ fn rx_frame(vs: &Virtio, frame: &[u8], hdrlen: usize, mrg: bool, held: &mut Vec<
         held.push(c);
     }
     let nbufs = held.len() as u16;
-    bytes[10..12].copy_from_slice(&nbufs.to_le_bytes());
+    bytes[10..VTNET_MRG_HDR_LEN].copy_from_slice(&nbufs.to_le_bytes());
     let mut off = 0;
     for c in held.drain(..) {
         let n = scatter(&mem, &rx_room(vs, &c), &bytes[off..]);
@@ -302,11 +311,18 @@ fn rx_drain(sh: &Shared) {
             return;
         }
     };
+    // A headerless backend's frames are read in after room for the
+    // header, which then only needs clearing.
+    let at = if sh.be.has_vnet_hdr() { 0 } else { st.hdrlen };
     loop {
         let n = match st.pending.take() {
             Some(n) => n,
-            None => match sh.be.recv(&mut st.buf) {
-                Ok(Some(n)) => n,
+            None => match sh.be.recv(&mut st.buf[at..]) {
+                Ok(Some(n)) if at + n >= st.hdrlen => {
+                    st.buf[..at].fill(0);
+                    at + n
+                }
+                Ok(Some(_)) => continue,
                 Ok(None) => return,
                 Err(e) => {
                     eprintln!("{}: rx: {e}", sh.be.name());
@@ -317,7 +333,7 @@ fn rx_drain(sh: &Shared) {
                 }
             },
         };
-        if !rx_frame(&vs, &st.buf[..n], st.hdrlen, st.mrg, &mut st.held) {
+        if !rx_frame(&vs, &mut st.buf[..n], st.mrg, &mut st.held) {
             st.pending = Some(n);
             if let Some(id) = st.event {
                 sh.mevent.set_enabled(id, false);
@@ -351,6 +367,9 @@ impl VirtioDevice for VtNet {
         } else {
             VTNET_HDR_LEN
         };
+        if let Err(e) = self.sh.be.set_hdr_len(st.hdrlen) {
+            eprintln!("{e}");
+        }
         self.negotiated = true;
     }
 
@@ -417,8 +436,13 @@ impl VirtioDevice for VtNet {
         st.ready = false;
         st.mrg = false;
         st.hdrlen = VTNET_HDR_LEN;
-        // Chains of the old rings are stale; a read frame is kept.
+        // Chains of the old rings are stale, and a frame read with the
+        // old header length would be laid out wrongly.
         st.held.clear();
+        st.pending = None;
+        if let Err(e) = self.sh.be.set_hdr_len(VTNET_HDR_LEN) {
+            eprintln!("{e}");
+        }
         if let Some(id) = st.event {
             self.sh.mevent.set_enabled(id, false);
         }
@@ -479,7 +503,7 @@ pub fn new(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net_backends::tests::pair;
+    use crate::net_backends::tests::pair_with;
     use crate::virtio::tests::{Rig, Ring};
     use crate::virtio::{
         VIRTIO_PCI_GUEST_FEATURES, VIRTIO_PCI_HOST_FEATURES, VIRTIO_PCI_QUEUE_NOTIFY,
@@ -500,7 +524,12 @@ mod tests {
     }
 
     fn rig(features: u32) -> T {
-        let (be, wire) = pair();
+        rig_with(features, false)
+    }
+
+    /// With a backend whose frames carry headers, as a tap's do.
+    fn rig_with(features: u32, vnet_hdr: bool) -> T {
+        let (be, wire) = pair_with(vnet_hdr);
         let me = Mevent::start().unwrap();
         let dev = VtNet::new(be, gen_mac(4, 0, "vm"), None, me.clone());
         let r = Rig::with_env(crate::virtio::tests::ram(), dev, false, Some(me));
@@ -630,6 +659,39 @@ mod tests {
             )
         };
         assert!(n < 0, "the bad chain sent nothing");
+    }
+
+    /// A tap takes the header too, with the offload fields a guest may not
+    /// use (none were offered) cleared; it gives one back, in which only
+    /// `num_buffers` is ours.
+    #[test]
+    fn vtnet_header_passes_through_a_vnet_backend() {
+        let mut t = rig_with(VIRTIO_NET_F_MRG_RXBUF as u32, true);
+        let m = t.r.mem.clone();
+        // NEEDS_CSUM and GSO_TCPV4 with sizes: must not reach the host.
+        let mut b = vec![1u8, 1, 0x40, 0, 0x10, 0, 0x22, 0, 0x10, 0, 0xee, 0xee];
+        b.extend_from_slice(b"frame");
+        m.write_slice(&b, GuestAddress(0x40000)).unwrap();
+        t.tx.desc(&m, 0, 0x40000, b.len() as u32, false, None);
+        t.tx.post(&m, 0);
+        t.r.outl(VIRTIO_PCI_QUEUE_NOTIFY, 2, VTNET_TXQ as u32);
+        let mut want = vec![0u8; VTNET_MRG_HDR_LEN];
+        want.extend_from_slice(b"frame");
+        assert_eq!(wire_recv(&t.wire), want);
+
+        t.rx.desc(&m, 0, 0x50000, 0x800, true, None);
+        t.rx.post(&m, 0);
+        t.r.outl(VIRTIO_PCI_QUEUE_NOTIFY, 2, VTNET_RXQ as u32);
+        let mut pkt = vec![0u8; VTNET_MRG_HDR_LEN];
+        pkt.extend_from_slice(b"in!");
+        wire_send(&t.wire, &pkt);
+        wait_used(&t.rx, &m, 1);
+        assert_eq!(t.rx.used_elem(&m, 0), (0, 15));
+        let mut got = [0xffu8; 15];
+        m.read_slice(&mut got, GuestAddress(0x50000)).unwrap();
+        assert_eq!(&got[..10], &[0; 10]);
+        assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
+        assert_eq!(&got[12..], b"in!");
     }
 
     #[test]
