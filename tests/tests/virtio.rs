@@ -3,12 +3,13 @@
 //! test wrote, writes and flushes another, and the test checks the image
 //! on the host afterwards.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::guest::{self, Expect};
 use bhyve_rs_tests::images::Scratch;
+use bhyve_rs_tests::netns::Netns;
 use bhyve_rs_tests::*;
 
 const SECTORS: u64 = 2048;
@@ -74,98 +75,6 @@ fn read_only_image_fails_writes_with_ioerr() {
         .vblk_ro();
     boot("vblk1", &img, ",ro", &e);
     assert!(std::fs::read(&img).unwrap() == before, "image untouched");
-}
-
-/// A network namespace of the test's own with a tap in it (IPv6 off so
-/// the host stays quiet on it); deleted on drop.
-struct Netns(String);
-
-fn ip(args: &[&str]) {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip (iproute2)");
-    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("bhyvers-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        for v in ["all", "default"] {
-            ns.exec(&[
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{v}.disable_ipv6=1"),
-            ]);
-        }
-        ns.exec(&["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"]);
-        ns.exec(&["ip", "link", "set", "tap0", "up"]);
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) {
-        ip(&[&["netns", "exec", self.0.as_str()], cmd].concat());
-    }
-
-    /// bhyve run inside the namespace.
-    fn bhyve(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, bin("bhyve").to_str().unwrap()]);
-        c
-    }
-
-    /// A raw AF_PACKET socket on `dev` in the namespace (made on a thread
-    /// that enters it; the socket stays bound to the namespace).
-    fn packet_socket(&self, dev: &str) -> OwnedFd {
-        let (ns, dev) = (self.0.clone(), std::ffi::CString::new(dev).unwrap());
-        std::thread::spawn(move || unsafe {
-            let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
-            assert_eq!(libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET), 0, "setns");
-            let ifindex = libc::if_nametoindex(dev.as_ptr());
-            assert!(ifindex != 0, "no {dev:?} in the namespace");
-            let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            let fd = OwnedFd::from_raw_fd(fd);
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = proto;
-            sll.sll_ifindex = ifindex as i32;
-            let r = libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 1,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-            fd
-        })
-        .join()
-        .expect("packet socket thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
 }
 
 /// The next frame with the guest's EtherType that arrived on the tap
