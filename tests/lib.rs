@@ -3,6 +3,7 @@
 
 pub mod guest;
 pub mod images;
+pub mod linuxguest;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
