@@ -87,7 +87,7 @@ fn cli() -> Command {
             .help(help)
     };
     Command::new("bhyveload")
-        .about("Load a FreeBSD kernel into a bhyve-rs virtual machine")
+        .about("Load a FreeBSD or Linux kernel into a bhyve-rs virtual machine")
         .override_usage(
             "bhyveload [-CS] [-c cons-dev] [-d disk-path] [-e name=value] [-h host-path]\n       \
              [-m mem-size] [--kernel FILE [--module FILE]...] vmname\n       \
