@@ -111,36 +111,51 @@ pub fn build() -> GuestFiles {
 
 fn build_uncached() -> GuestFiles {
     let src = source_dir();
-    for tool in ["gcc", "ld"] {
+    let flags: Vec<&str> = KERNEL_CFLAGS
+        .iter()
+        .chain(MODULE_CFLAGS)
+        .chain(KERNEL_LDFLAGS)
+        .copied()
+        .collect();
+    let dir = cached_build(&src, &source_files(&src), &flags, |tmp| {
+        compile_all(&src, tmp)
+    });
+    files_in(&dir)
+}
+
+/// The build directory for `sources` (paths under `src`) and `flags`:
+/// `target/guest/<hash>/`, made by `compile` in a temporary directory if
+/// it is not there yet (see [`build`] for why this is safe to race).
+pub(crate) fn cached_build(
+    src: &Path,
+    sources: &[PathBuf],
+    flags: &[&str],
+    compile: impl FnOnce(&Path),
+) -> PathBuf {
+    for tool in ["gcc", "ld", "objcopy"] {
         match Command::new(tool).arg("--version").output() {
             Ok(o) if o.status.success() => {}
             _ => panic!(
-                "`{tool}` not found or not working: the test guest (tests/guest) is built with the \
-                 host's gcc and GNU ld (Debian: apt-get install gcc binutils)"
+                "`{tool}` not found or not working: the test guests (tests/guest) are built with \
+                 the host's gcc and GNU binutils (Debian: apt-get install gcc binutils)"
             ),
         }
     }
-    let sources = source_files(&src);
     let mut h = Fnv::default();
-    for p in &sources {
-        h.write(p.strip_prefix(&src).unwrap().to_string_lossy().as_bytes());
+    for p in sources {
+        h.write(p.strip_prefix(src).unwrap().to_string_lossy().as_bytes());
         h.write(&[0]);
         h.write(&std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())));
         h.write(&[0]);
     }
-    for f in KERNEL_CFLAGS
-        .iter()
-        .chain(MODULE_CFLAGS)
-        .chain(KERNEL_LDFLAGS)
-    {
+    for f in flags {
         h.write(f.as_bytes());
         h.write(&[0]);
     }
     let root = target_dir().join("guest");
     let dir = root.join(format!("{:016x}", h.finish()));
-    let files = files_in(&dir);
     if dir.join(".complete").exists() {
-        return files;
+        return dir;
     }
     std::fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
     let nanos = std::time::SystemTime::now()
@@ -150,7 +165,7 @@ fn build_uncached() -> GuestFiles {
     let tmp = root.join(format!(".tmp-{}-{nanos}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
-    compile_all(&src, &tmp);
+    compile(&tmp);
     std::fs::write(tmp.join(".complete"), b"").expect("write .complete");
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another process finished first (or left a stale incomplete dir).
@@ -159,7 +174,7 @@ fn build_uncached() -> GuestFiles {
             panic!("could not install the guest build at {}", dir.display());
         }
     }
-    files
+    dir
 }
 
 fn files_in(dir: &Path) -> GuestFiles {
@@ -207,7 +222,7 @@ fn source_files(src: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn run(cmd: &mut Command) {
+pub(crate) fn run(cmd: &mut Command) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

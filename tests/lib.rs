@@ -3,6 +3,7 @@
 
 pub mod guest;
 pub mod images;
+pub mod linuxguest;
 pub mod netns;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,6 @@
 //! bhyveload: create (or re-initialise) a VM instance and load a FreeBSD
-//! kernel into it as FreeBSD's loader does (bhyveload(8)).
+//! kernel into it as FreeBSD's loader does (bhyveload(8)), or a Linux
+//! bzImage through the x86 boot protocol's 64-bit entry (`linux`).
 //!
 //! The loader itself is the `userboot` crate; `libsa` reads the disk image.
 //! This program does what bhyveload.c does around userboot.so: options,
@@ -9,6 +10,7 @@
 mod cons;
 mod guestmem;
 mod hostkernel;
+mod linux;
 mod menu;
 
 use std::process::ExitCode;
@@ -46,6 +48,8 @@ enum LoadError {
     Load(#[from] userboot::Error),
     #[error("{0}")]
     Kernel(String),
+    #[error("{0}")]
+    Linux(#[from] linux::LinuxError),
     #[error("loader quit")]
     Quit,
 }
@@ -70,6 +74,8 @@ struct Opts {
     env: Vec<String>,
     kernel: Option<String>,
     modules: Vec<String>,
+    initrd: Option<String>,
+    cmdline: Option<String>,
 }
 
 fn cli() -> Command {
@@ -81,10 +87,11 @@ fn cli() -> Command {
             .help(help)
     };
     Command::new("bhyveload")
-        .about("Load a FreeBSD kernel into a bhyve-rs virtual machine")
+        .about("Load a FreeBSD or Linux kernel into a bhyve-rs virtual machine")
         .override_usage(
             "bhyveload [-CS] [-c cons-dev] [-d disk-path] [-e name=value] [-h host-path]\n       \
-             [-m mem-size] [--kernel FILE [--module FILE]...] vmname",
+             [-m mem-size] [--kernel FILE [--module FILE]...] vmname\n       \
+             bhyveload [-m mem-size] --kernel bzImage [--initrd FILE] [--cmdline STRING] vmname",
         )
         .disable_help_flag(true)
         .arg(
@@ -136,18 +143,29 @@ fn cli() -> Command {
                 .action(ArgAction::SetTrue)
                 .help("Include guest memory in core dumps"),
         )
-        .arg(
-            Arg::new("kernel")
-                .long("kernel")
-                .value_name("FILE")
-                .help("Load this FreeBSD ELF kernel from a host file instead of a disk image"),
-        )
+        .arg(Arg::new("kernel").long("kernel").value_name("FILE").help(
+            "Load this kernel from a host file instead of a disk image: a FreeBSD ELF \
+                     kernel, or a Linux bzImage",
+        ))
         .arg(
             Arg::new("module")
                 .long("module")
                 .value_name("FILE")
                 .action(ArgAction::Append)
                 .help("With --kernel: a module (.ko) the loader can load from /boot/modules"),
+        )
+        .arg(
+            Arg::new("initrd")
+                .long("initrd")
+                .value_name("FILE")
+                .help("With a bzImage --kernel: the initial ramdisk"),
+        )
+        .arg(
+            Arg::new("cmdline")
+                .long("cmdline")
+                .value_name("STRING")
+                .allow_hyphen_values(true)
+                .help("With a bzImage --kernel: the kernel command line"),
         )
         .arg(Arg::new("vmname").value_name("vmname"))
 }
@@ -201,6 +219,13 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, LoadError> {
     if kernel.is_none() && !modules.is_empty() {
         return Err(LoadError::Usage("--module needs --kernel".into()));
     }
+    let initrd = m.get_one::<String>("initrd").cloned();
+    let cmdline = m.get_one::<String>("cmdline").cloned();
+    if kernel.is_none() && (initrd.is_some() || cmdline.is_some()) {
+        return Err(LoadError::Usage(
+            "--initrd and --cmdline need --kernel (a bzImage)".into(),
+        ));
+    }
     let host = last("host");
     if disks.is_empty() && host.is_none() && kernel.is_none() {
         return Err(LoadError::Usage(
@@ -217,6 +242,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, LoadError> {
         env,
         kernel,
         modules,
+        initrd,
+        cmdline,
     }))
 }
 
@@ -302,7 +329,49 @@ fn open_instance(o: &Opts) -> Result<(VmCtx, bool), LoadError> {
     Ok((ctx, created))
 }
 
+/// `--kernel` with a Linux bzImage: no loader, no console; everything is
+/// checked and placed before the instance is created.
+fn run_linux(o: &Opts, kernel: &str) -> Result<(), (LoadError, bool)> {
+    if !o.modules.is_empty() || !o.env.is_empty() || o.host.is_some() {
+        return Err((
+            LoadError::Usage(format!(
+                "{kernel} is a Linux bzImage: -e, -h and --module are for FreeBSD kernels"
+            )),
+            false,
+        ));
+    }
+    let layout = vmmapi::MemLayout::new(o.mem).map_err(|e| (e.into(), false))?;
+    let cmdline = o.cmdline.as_deref().unwrap_or("");
+    let mut boot = linux::LinuxBoot::prepare(kernel, o.initrd.as_deref(), cmdline, layout)
+        .map_err(|e| (e.into(), false))?;
+    let (mut ctx, created) = open_instance(o).map_err(|e| (e, false))?;
+    let fail = |e: LoadError| (e, created);
+    let lock = ctx.vm_lock().map_err(|e| fail(e.into()))?;
+    ctx.vm_setup_memory(o.mem).map_err(|e| fail(e.into()))?;
+    let (_, gm) = ctx.vm_guest_memory().map_err(|e| fail(e.into()))?;
+    let entry = boot.load(&gm).map_err(|e| fail(e.into()))?;
+    ctx.vm_update_vcpu(0, |s| entry.apply(s))
+        .map_err(|e| fail(e.into()))?;
+    ctx.vm_set_loaded().map_err(|e| fail(e.into()))?;
+    drop(lock);
+    Ok(())
+}
+
 fn run(o: &Opts) -> Result<(), (LoadError, bool)> {
+    if let Some(k) = &o.kernel {
+        match linux::detect(k).map_err(|e| (e.into(), false))? {
+            linux::Format::BzImage => return run_linux(o, k),
+            linux::Format::Elf if o.initrd.is_some() || o.cmdline.is_some() => {
+                return Err((
+                    LoadError::Usage(format!(
+                        "{k} is a FreeBSD ELF kernel: --initrd and --cmdline are for Linux bzImage kernels"
+                    )),
+                    false,
+                ));
+            }
+            linux::Format::Elf => {}
+        }
+    }
     let cons = Console::open(o.cons.as_deref()).map_err(|e| (e.into(), false))?;
     let (fs, currdev) = open_fs(o).map_err(|e| (e, false))?;
     let (mut ctx, created) = open_instance(o).map_err(|e| (e, false))?;
@@ -400,6 +469,8 @@ mod tests {
             "bhyveload -e novalue -d x g",
             "bhyveload g",
             "bhyveload --module m.ko -d x g",
+            "bhyveload --initrd i.img -d x g",
+            "bhyveload --cmdline console=ttyS0 -d x g",
             "bhyveload -l /boot/userboot.so -d x g",
             "bhyveload -Z -d x g",
         ] {
