@@ -1,5 +1,6 @@
 //! bhyve: run a vmm instance on bhyve's machine (bhyve(8)).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -98,7 +99,8 @@ fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
         .try_get_matches_from(split_legacy_s(args))
         .map_err(|e| ConfigError::Usage(e.to_string().trim_end().to_string()))?;
     if m.get_flag("help") {
-        println!("{}", cli().render_long_help());
+        // A closed pipe (`| head`) is no error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", cli().render_long_help());
         return Ok(Parsed::Exit(0));
     }
     let vals = |id: &str| -> Vec<String> {
@@ -107,11 +109,11 @@ fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
             .unwrap_or_default()
     };
     if vals("slot").iter().any(|s| s == "help") {
-        println!("{}", PCI_EMULATIONS.join("\n"));
+        let _ = writeln!(std::io::stdout(), "{}", PCI_EMULATIONS.join("\n"));
         return Ok(Parsed::Exit(0));
     }
     if vals("lpc").iter().any(|s| s == "help") {
-        println!("{}", LPC_DEVICES.join("\n"));
+        let _ = writeln!(std::io::stdout(), "{}", LPC_DEVICES.join("\n"));
         return Ok(Parsed::Exit(0));
     }
     let mut c = Config::with_defaults();
@@ -161,7 +163,7 @@ fn parse(args: Vec<String>) -> Result<Parsed, ConfigError> {
         c.set("name", n);
     }
     if c.get_bool("config.dump")? {
-        print!("{}", c.dump());
+        let _ = write!(std::io::stdout(), "{}", c.dump());
         return Ok(Parsed::Exit(0));
     }
     if c.get("name").is_none() {

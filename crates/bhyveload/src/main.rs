@@ -13,6 +13,7 @@ mod hostkernel;
 mod linux;
 mod menu;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -174,7 +175,8 @@ fn parse(args: Vec<String>) -> Result<Option<Opts>, LoadError> {
     let m = match cli().try_get_matches_from(args) {
         Ok(m) => m,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-            print!("{}", cli().render_long_help());
+            // A closed pipe (`| head`) is no error worth a panic.
+            let _ = write!(std::io::stdout(), "{}", cli().render_long_help());
             return Ok(None);
         }
         Err(e) => return Err(LoadError::Usage(e.to_string().trim_end().to_string())),
