@@ -140,25 +140,18 @@ fn suffix(n: usize) -> &'static str {
     }
 }
 
-/// The instructions this host's KVM refuses to emulate but a guest may
-/// legitimately run: (bytes, what to do).  Completed here and counted.
-fn finish_emulation(vcpu: &Vcpu, insn: &[u8]) -> Option<&'static str> {
-    let mut st = vcpu.get_state().ok()?;
-    let (len, name) = match insn {
-        [0x9b, ..] => (1, "fwait"),
-        [0x0f, 0x01, 0xca, ..] => {
-            st.rflags &= !(1 << 18);
-            (3, "clac")
-        }
-        [0x0f, 0x01, 0xcb, ..] => {
-            st.rflags |= 1 << 18;
-            (3, "stac")
-        }
-        _ => return None,
+/// The one-line error for an instruction nobody could emulate.
+fn emul_failure(vcpu: usize, rip: u64, insn: &[u8], why: Option<&str>) -> String {
+    let bytes = if insn.is_empty() {
+        "unknown".to_string()
+    } else {
+        insn.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    st.rip = st.rip.wrapping_add(len);
-    vcpu.set_state(&st).ok()?;
-    Some(name)
+    let why = why.map(|w| format!(": {w}")).unwrap_or_default();
+    format!("vcpu {vcpu}: instruction emulation failed at rip {rip:#x} (bytes: {bytes}){why}")
 }
 
 /// `vm_loop`: run one vCPU until the VM is suspended; returns its final
@@ -181,19 +174,10 @@ pub fn vcpu_loop(m: &Machine, mut vcpu: Vcpu) -> Option<VcpuState> {
                 value,
             }) => entry = m.mmio(gpa, bytes, write, value),
             Ok(VmExit::Suspended(_)) => break,
-            Ok(VmExit::InstEmulFail { rip, insn }) => {
+            // vmm-core already completed what it could (inst_emul).
+            Ok(VmExit::InstEmulFail { rip, insn, why }) => {
+                m.fail(emul_failure(id, rip, &insn, why));
                 entry = VmEntry::Run;
-                if finish_emulation(&vcpu, &insn).is_none() {
-                    let hex: Vec<String> = insn.iter().map(|b| format!("{b:02x}")).collect();
-                    m.fail(format!(
-                        "vcpu {id}: instruction emulation failed at rip {rip:#x} (bytes: {})",
-                        if hex.is_empty() {
-                            "unknown".to_string()
-                        } else {
-                            hex.join(" ")
-                        }
-                    ));
-                }
             }
             Ok(VmExit::Unhandled(what)) => {
                 m.fail(format!("vcpu {id}: unhandled exit: {what}"));
@@ -274,6 +258,18 @@ pub fn exit_status(how: Option<Suspend>, error: bool) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emulation_failure_names_vcpu_rip_and_bytes() {
+        assert_eq!(
+            emul_failure(1, 0x1000, &[0xd9, 0xe8, 0x0f], None),
+            "vcpu 1: instruction emulation failed at rip 0x1000 (bytes: d9 e8 0f)"
+        );
+        assert_eq!(
+            emul_failure(0, 0xffff_ffff_8020_0000, &[], Some("why")),
+            "vcpu 0: instruction emulation failed at rip 0xffffffff80200000 (bytes: unknown): why"
+        );
+    }
 
     #[test]
     fn exit_statuses_follow_bhyve() {

@@ -62,6 +62,7 @@ impl Config {
             ("x86.strictmsr", "true"),
             ("x86.mptable", "true"),
             ("x86.x2apic", "false"),
+            ("x86.smap", "auto"),
             ("rtc.use_localtime", "true"),
             ("virtio_msix", "true"),
         ] {
@@ -389,6 +390,21 @@ impl Config {
         Ok(pins)
     }
 
+    /// `x86.smap`: offer SMAP to the guest (`Some(true)`), hide it
+    /// (`Some(false)`), or `auto` (`None`): decide by probing the host.
+    pub fn smap(&self) -> Result<Option<bool>, ConfigError> {
+        match self.get("x86.smap") {
+            None => Ok(None),
+            Some(v) if v.eq_ignore_ascii_case("auto") => Ok(None),
+            Some(v) => parse_bool(v).map(Some).ok_or_else(|| {
+                ConfigError::Value(
+                    "x86.smap".into(),
+                    format!("{v:?} is not auto, true or false"),
+                )
+            }),
+        }
+    }
+
     /// The configured PCI functions: (bus, slot, func) → node subtree.
     pub fn pci_devices(&self) -> Vec<(Bdf, BTreeMap<String, String>)> {
         let mut out = BTreeMap::new();
@@ -519,5 +535,22 @@ mod tests {
         assert!(c.dump().contains("memory.size=1024\n"));
         c.parse_pin("0:1").unwrap();
         assert!(c.parse_pin("0").is_err());
+    }
+
+    #[test]
+    fn smap_choice() {
+        let mut c = Config::with_defaults();
+        assert_eq!(c.smap().unwrap(), None, "probe by default");
+        c.set_opt("x86.smap=false").unwrap();
+        assert_eq!(c.smap().unwrap(), Some(false));
+        c.set_opt("x86.smap=on").unwrap();
+        assert_eq!(c.smap().unwrap(), Some(true));
+        c.set_opt("x86.smap=AUTO").unwrap();
+        assert_eq!(c.smap().unwrap(), None);
+        c.set_opt("x86.smap=sometimes").unwrap();
+        assert_eq!(
+            c.smap().unwrap_err().to_string(),
+            "x86.smap: \"sometimes\" is not auto, true or false"
+        );
     }
 }

@@ -210,6 +210,10 @@ fn run(c: Config) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fatal(e),
     };
+    let smap = match c.smap() {
+        Ok(s) => s,
+        Err(e) => return fatal(e),
+    };
     let mut ctx = match vmmapi::vm_open(&name) {
         Ok(c) => c,
         Err(vmmapi::Error::NoSuchVm { .. }) => {
@@ -250,6 +254,15 @@ fn run(c: Config) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fatal(e),
     };
+    // SMAP only where CLAC/STAC run in a guest without a trip to user
+    // space (x86.smap=auto probes; inst_emul completes them either way).
+    let hide_smap = match smap {
+        Some(offer) => !offer,
+        None => match vmmapi::probe_host() {
+            Ok(p) => !p.clac_stac,
+            Err(e) => return fatal(e),
+        },
+    };
     let vm = match ctx.vm_build(VmConfig {
         ncpus,
         cpuid: CpuidOpts {
@@ -259,6 +272,7 @@ fn run(c: Config) -> ExitCode {
                 threads,
             },
             x2apic: c.get_bool("x86.x2apic").unwrap_or(false),
+            hide_smap,
         },
         lenient_msr: !strictmsr,
     }) {

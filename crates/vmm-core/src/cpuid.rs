@@ -4,6 +4,10 @@
 //! Note: this host's nested KVM does not honour KVM_SET_CPUID2 for leaves 1
 //! and 7 (the guest sees the host's bits); the table is still set so a
 //! conforming KVM shows bhyve's view.
+//!
+//! PKU (leaf 7 ECX bits 3, 4) is never offered, as in bhyve.  SMAP can be
+//! hidden as well ([`CpuidOpts::hide_smap`]) when CLAC/STAC cannot run in
+//! a guest on this host ([`crate::probe`]).
 
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -31,6 +35,8 @@ impl Default for Topology {
 pub struct CpuidOpts {
     pub topology: Topology,
     pub x2apic: bool,
+    /// Clear SMAP (leaf 7 EBX bit 20): guests then never run CLAC/STAC.
+    pub hide_smap: bool,
 }
 
 pub const BHYVE_SIGNATURE: &[u8; 12] = b"bhyve bhyve ";
@@ -88,6 +94,9 @@ pub fn bhyve_cpuid(
                     ]);
                     e.eax = 0;
                     e.ebx &= ebx_ok;
+                    if o.hide_smap {
+                        e.ebx &= !(1 << 20);
+                    }
                     e.ecx &= bits(&[9, 10, 22]);
                     e.edx &= 1 << 10;
                 } else {
@@ -227,6 +236,21 @@ mod tests {
             },
         );
         assert_ne!(find(&x, 1, 0).ecx & (1 << 21), 0);
+    }
+
+    #[test]
+    fn smap_shown_or_hidden_pku_never() {
+        let sup = vec![leaf(7, 0, 0, 0xffff_ffff, 0xffff_ffff, 0)];
+        let shown = find(&bhyve_cpuid(&sup, 0, CpuidOpts::default()), 7, 0);
+        assert_ne!(shown.ebx & (1 << 20), 0, "SMAP offered by default");
+        assert_eq!(shown.ecx & 0b11000, 0, "PKU, OSPKE never");
+        let hide = CpuidOpts {
+            hide_smap: true,
+            ..Default::default()
+        };
+        let hidden = find(&bhyve_cpuid(&sup, 0, hide), 7, 0);
+        assert_eq!(hidden.ebx, shown.ebx & !(1 << 20), "only SMAP goes");
+        assert_eq!(hidden.ecx, shown.ecx);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("/dev/kvm is not available ({0}); bhyve-rs needs KVM")]
     NoKvm(kvm_ioctls::Error),
+    #[error("host probe: {what}: {why}")]
+    Probe { what: &'static str, why: String },
     #[error("VM {name}: control channel: {why}")]
     Ctl { name: String, why: String },
 }

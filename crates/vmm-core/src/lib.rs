@@ -6,14 +6,16 @@
 //! state a small JSON file.  The process that runs a guest builds a KVM VM
 //! from the instance ([`vm`]), runs vCPUs with bhyve-style exits, and writes
 //! the final state back.  [`io`] holds the timers vmm.ko emulates and KVM
-//! lacks.
+//! lacks; [`inst_emul`] completes the instructions KVM may refuse.
 pub mod cpuid;
 pub mod ctl;
 pub mod error;
+pub mod inst_emul;
 pub mod instance;
 pub mod io;
 pub mod mem;
 pub mod name;
+pub mod probe;
 pub mod vcpu_state;
 pub mod vm;
 
