@@ -48,9 +48,9 @@ usage() {
   -u  RTC keeps UTC (bhyve -u)
   -w  ignore unimplemented MSRs (bhyve -w)
   -k  kernel file on the host (bhyveload --kernel): a FreeBSD kernel, or a
-      Linux bzImage
-  -i  initrd for the -k kernel (bhyveload --initrd)
-  -a  kernel command line for the -k kernel (bhyveload --cmdline)
+      Linux bzImage (then -e and -H do not apply)
+  -i  initrd for a -k bzImage (bhyveload --initrd)
+  -a  kernel command line for a -k bzImage (bhyveload --cmdline)
 
 Environment:
   BHYVE_BIN        directory holding bhyveload, bhyve and bhyvectl (default:
