@@ -217,7 +217,10 @@ while :; do
     fi
     loaded=1
     boots=$((boots + 1))
-    [ "$interrupted" -eq 0 ] || break
+    if [ "$interrupted" -ne 0 ]; then
+        echo "$prog: interrupted: not running $vmname" >&2
+        break
+    fi
     "$BHYVE" -c "$cpus" -m "$mem" "${bhyve_opts[@]}" -A -H -P \
         -s 0,hostbridge -s 31,lpc "${devs[@]}" -l "com1,$console" "$vmname"
     status=$?
@@ -226,10 +229,13 @@ while :; do
     1) what="powered off" ;;
     2) what="halted" ;;
     3) what="triple fault" ;;
+    12[9] | 1[3-9][0-9]) what="killed by signal $((status - 128))" ;;
     *) what="error" ;;
     esac
     echo "$prog: bhyve exited $status ($what)" >&2
-    if [ "$status" -ne 0 ] || [ "$interrupted" -ne 0 ]; then
+    [ "$status" -eq 0 ] || break
+    if [ "$interrupted" -ne 0 ]; then
+        echo "$prog: interrupted: not booting $vmname again" >&2
         break
     fi
     if [ -n "$maxboots" ] && [ "$boots" -ge "$maxboots" ]; then
