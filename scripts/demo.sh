@@ -6,6 +6,9 @@
 #   bhyve -A -I -m 1024 -s 0:0,virtio-blk,disk.img -S 31,uart,stdio guest0 ;
 #   bhyvectl --vm=guest0 --destroy
 # The guest's console (its boot-contract checks) appears on this terminal.
+# Then the same guest through scripts/vmrun.sh, FreeBSD's load-run-reboot
+# loop: told to reset (test.exit=reset), it is loaded and run again, and
+# VMRUN_MAXBOOTS=2 ends the loop after the second boot.
 # VMM_DIR defaults to a private directory; set VMM_DIR=/dev/vmm to use the
 # FreeBSD location.
 set -eu
@@ -13,7 +16,7 @@ cd "$(dirname "$0")/.."
 scripts/setup-debian.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release -q -p bhyveload -p bhyve -p bhyvectl
-B=target/release
+B="${CARGO_TARGET_DIR:-target}/release"
 W=target/demo
 rm -rf "$W/tree"
 mkdir -p "$W/tree/boot/kernel" "$W/tree/etc"
@@ -50,3 +53,16 @@ say "bhyvectl --vm=guest0 --destroy"
 "$B/bhyvectl" --vm=guest0 --destroy
 ls "$VMM_DIR"
 [ "$status" -eq 1 ]
+
+say "VMRUN_MAXBOOTS=2 scripts/vmrun.sh -m 1024 -d disk.img -e test.exit=reset guest0"
+set +e
+BHYVE_BIN="$(cd "$B" && pwd)" VMRUN_MAXBOOTS=2 scripts/vmrun.sh -m 1024 -d "$W/disk.img" \
+    -e test.memsize=1073741824 -e test.exit=reset guest0 </dev/null >"$W/vmrun.log" 2>&1
+status=$?
+set -e
+# The whole console is in vmrun.log; show the loop and where each boot
+# began and ended.
+grep -E '^(vmrun.sh|bhyveload|bhyve|bhyvectl):|^Loading kernel|^GUEST-' "$W/vmrun.log"
+say "vmrun.sh exited $status (0: the last boot ended in a reset); it destroyed guest0:"
+ls "$VMM_DIR"
+[ "$status" -eq 0 ] && [ ! -e "$VMM_DIR/guest0" ]
