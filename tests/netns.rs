@@ -66,6 +66,8 @@ impl Netns {
     /// A raw AF_PACKET socket on `dev` in the namespace.
     pub fn packet_socket(&self, dev: &str) -> OwnedFd {
         let dev = std::ffi::CString::new(dev).unwrap();
+        // SAFETY: plain socket calls on a socket we own, with structures
+        // of the sizes passed.
         self.within(move || unsafe {
             let ifindex = libc::if_nametoindex(dev.as_ptr());
             assert!(ifindex != 0, "no {dev:?} in the namespace");

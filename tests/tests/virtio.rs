@@ -83,8 +83,11 @@ fn recv_test_frame(fd: &OwnedFd, secs: u64) -> Option<Vec<u8>> {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut buf = vec![0u8; 65536];
     while Instant::now() < end {
+        // SAFETY: all-zero is a valid sockaddr_ll.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut sl = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: writes at most `buf.len()` bytes into `buf` and one
+        // sockaddr_ll into `sll`.
         let n = unsafe {
             libc::recvfrom(
                 fd.as_raw_fd(),
@@ -107,6 +110,7 @@ fn recv_test_frame(fd: &OwnedFd, secs: u64) -> Option<Vec<u8>> {
 }
 
 fn send_frame(fd: &OwnedFd, f: &[u8]) {
+    // SAFETY: reads `f.len()` bytes of `f`.
     let n = unsafe {
         libc::send(
             fd.as_raw_fd(),
