@@ -211,6 +211,8 @@ void irq_checks(void);		/* test.uart_irq */
 void smp_checks(void);		/* test.ncpus */
 void vblk_checks(void);		/* test.vblk (vblk_checks.c) */
 void vnet_checks(void);		/* test.vnet (vnet_checks.c) */
+/* not checks: device throughput for bench/virtio.sh (bench.c) */
+void bench_run(void);		/* test.bench_vblk, test.bench_vnet */
 
 /* virtio.c: legacy virtio PCI plumbing for the polled drivers */
 u32 pci0_rd32(u32 slot, u32 reg);	/* bus 0, function 0 */

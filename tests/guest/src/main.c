@@ -171,6 +171,7 @@ void kmain(int via_multiboot, u32 mb_magic, u32 mb_info)
 	vblk_checks();
 	vnet_checks();
 	smp_checks();
+	bench_run();
 
 	check_summary();
 	guest_exit();
