@@ -228,8 +228,10 @@ def host():
 load0 = os.getloadavg()[0]
 t0 = time.time()
 try:
+    order = [("host", host), ("bhyve-rs", bhyve), ("QEMU", qemu)]
     for r in range(runs):
-        for name, fn in (("host", host), ("bhyve-rs", bhyve), ("QEMU", qemu)):
+        # rotated each run, so that a drift in the machine's load hits all three
+        for name, fn in order[r % 3:] + order[:r % 3]:
             print(f"run {r + 1}/{runs}: {name}", file=sys.stderr, flush=True)
             fn()
 except subprocess.CalledProcessError as e:
