@@ -79,6 +79,9 @@ ROWS = [  # (result key, what, field)
     ("vnet rx_1514", "virtio-net RX 1514 B frames (MB/s)", "MB/s"),
 ]
 results = {c: {k: [] for k, _, _ in ROWS} for c in ("bhyve", "qemu", "host")}
+# per VM and row: (guest code, kicks) as fractions of the window
+splits = {c: {k: [] for k, _, _ in ROWS} for c in ("bhyve", "qemu")}
+NAMES = {"bhyve": "bhyve-rs", "qemu": "QEMU", "host": "host"}
 cpu = {"bhyve": [], "qemu": []}
 problems = []
 
@@ -149,7 +152,9 @@ def guest(who, cmd):
         problems.append(f"{who}: the guest counted {tx} TX frames, the tap received {seen}")
     for key, _, field in ROWS:
         if key in got:
-            results[who][key].append(float(got[key][field]))
+            f = got[key]
+            results[who][key].append(float(f[field]))
+            splits[who][key].append((int(f["cpu_us"]) / int(f["us"]), int(f["kick_us"]) / int(f["us"])))
 
 
 def bhyve():
@@ -266,6 +271,20 @@ for key, what, _ in ROWS:
         missed.append(f"{what}: below QEMU ({ratio(b, q)})")
     if key.endswith("_1m") and b is not None and h and b < h / 2:
         missed.append(f"{what}: not within 2x of the host ({ratio(b, h)})")
+print(f"\nwhere each window went, % (median): guest code / kicks (exit + VMM work before the vCPU resumes) / "
+      "waiting for the device")
+print(f"{'metric':<40} | {'bhyve-rs':>14} | {'QEMU':>14}")
+
+
+def split(v):
+    if not v:
+        return "-"
+    c, k = med([x[0] for x in v]), med([x[1] for x in v])
+    return f"{100 * c:.0f} / {100 * k:.0f} / {100 * max(0, 1 - c - k):.0f}"
+
+
+for key, what, _ in ROWS:
+    print(f"{what:<40} | {split(splits['bhyve'][key]):>14} | {split(splits['qemu'][key]):>14}")
 for who, name in (("bhyve", "bhyve-rs"), ("qemu", "QEMU")):
     if cpu[who]:
         loop = med([int(c["loop_ns"]) for c in cpu[who]])
@@ -277,7 +296,7 @@ print(f"QEMU: -M pc, virtio-*-pci disable-modern=on, -drive cache=none,aio={aio}
 print("host limit: dd 1 MiB iflag/oflag=direct; fio randread 4 KiB direct (psync QD1, libaio QD32); "
       "tapload: one thread writing frames to the tap fd (TX), or reading it while "
       "another floods the tap through AF_PACKET (RX)")
-spread = max(((max(v) / min(v), c, what) for key, what, _ in ROWS for c, r in results.items()
+spread = max(((max(v) / min(v), NAMES[c], what) for key, what, _ in ROWS for c, r in results.items()
               if len(v := r[key]) > 1 and min(v) > 0), default=None)
 if spread:
     print(f"run-to-run spread (max/min): up to {spread[0]:.2f}x ({spread[1]}, {spread[2]}); "
