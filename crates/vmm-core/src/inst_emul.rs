@@ -20,6 +20,9 @@ pub enum Insn {
     Clac,
     /// 0F 01 CB: set RFLAGS.AC.
     Stac,
+    /// CC: breakpoint trap (#BP).  Linux patches its text through INT3
+    /// (text_poke_bp), so any Linux guest runs some.
+    Int3,
 }
 
 /// Decoded bytes: the instruction, its length, whether LOCK preceded it.
@@ -43,6 +46,7 @@ pub fn decode(bytes: &[u8]) -> Option<Decoded> {
         [0x9b, ..] => (Insn::Fwait, 1),
         [0x0f, 0x01, 0xca, ..] => (Insn::Clac, 3),
         [0x0f, 0x01, 0xcb, ..] => (Insn::Stac, 3),
+        [0xcc, ..] => (Insn::Int3, 1),
         _ => return None,
     };
     Some(Decoded {
@@ -61,6 +65,7 @@ const CR0_NE: u64 = 1 << 5;
 /// x87 status word: error summary (an unmasked exception is pending).
 const FSW_ES: u16 = 1 << 7;
 
+pub const VEC_BP: u8 = 3;
 pub const VEC_UD: u8 = 6;
 pub const VEC_NM: u8 = 7;
 pub const VEC_MF: u8 = 16;
@@ -109,6 +114,9 @@ pub enum Outcome {
     Complete { rip: u64, rflags: u64 },
     /// The CPU faults instead (RIP stays on the instruction).
     Exception(u8),
+    /// A trap: RIP moves past the instruction, then `vector` is raised
+    /// (the handler sees the next instruction's address).
+    Trap { rip: u64, vector: u8 },
     /// The CPU would do something this module does not model.
     Unsupported(&'static str),
 }
@@ -149,6 +157,14 @@ pub fn complete(d: Decoded, c: &CpuCtx) -> Outcome {
             rip: c.next_rip(d.len),
             rflags: c.rflags | RFLAGS_AC,
         },
+        // Outside ring 0 the gate's DPL decides between #BP and #GP; no
+        // guest reaches ring 3 on the hosts that need this, so it is left
+        // out rather than guessed.
+        Insn::Int3 if c.cpl() != 0 => Outcome::Unsupported("int3 outside ring 0"),
+        Insn::Int3 => Outcome::Trap {
+            rip: c.next_rip(d.len),
+            vector: VEC_BP,
+        },
     }
 }
 
@@ -167,6 +183,25 @@ mod tests {
 
     fn run(bytes: &[u8], c: &CpuCtx) -> Option<Outcome> {
         decode(bytes).map(|d| complete(d, c))
+    }
+
+    #[test]
+    fn int3_traps_past_itself_in_ring_0_only() {
+        assert_eq!(
+            run(&[0xcc, 0x90], &LONG0),
+            Some(Outcome::Trap {
+                rip: LONG0.rip + 1,
+                vector: VEC_BP
+            })
+        );
+        let ring3 = CpuCtx { ss_dpl: 3, ..LONG0 };
+        assert!(matches!(
+            run(&[0xcc], &ring3),
+            Some(Outcome::Unsupported(_))
+        ));
+        assert_eq!(run(&[LOCK, 0xcc], &LONG0), Some(Outcome::Exception(VEC_UD)));
+        // CD 03 (INT 3 with an immediate) is another instruction.
+        assert_eq!(decode(&[0xcd, 0x03]), None);
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub enum VmExit {
 }
 
 /// Per-vCPU counters (bhyvectl --get-stats).
-pub const STAT_NAMES: [&str; 10] = [
+pub const STAT_NAMES: [&str; 11] = [
     "total number of vm exits",
     "number of vm exits due to inout",
     "number of vm exits due to mmio",
@@ -132,6 +132,7 @@ pub const STAT_NAMES: [&str; 10] = [
     "number of clac instructions completed",
     "number of stac instructions completed",
     "number of exceptions raised by completed instructions",
+    "number of int3 instructions completed",
 ];
 const STAT_TOTAL: usize = 0;
 const STAT_INOUT: usize = 1;
@@ -143,12 +144,14 @@ const STAT_FWAIT: usize = 6;
 const STAT_CLAC: usize = 7;
 const STAT_STAC: usize = 8;
 const STAT_EMUL_EXC: usize = 9;
+const STAT_INT3: usize = 10;
 
 fn insn_stat(i: Insn) -> usize {
     match i {
         Insn::Fwait => STAT_FWAIT,
         Insn::Clac => STAT_CLAC,
         Insn::Stac => STAT_STAC,
+        Insn::Int3 => STAT_INT3,
     }
 }
 
@@ -1048,6 +1051,15 @@ impl Vcpu {
                 self.stat(STAT_EMUL_EXC);
                 Ok(None)
             }
+            Outcome::Trap { rip, vector } => {
+                regs.rip = rip;
+                self.fd
+                    .set_regs(&regs)
+                    .map_err(kvm_err("completing an instruction"))?;
+                self.inject_exception(vector)?;
+                self.stat(insn_stat(d.insn));
+                Ok(None)
+            }
             Outcome::Unsupported(why) => fail(Some(why)),
         }
     }
@@ -1068,7 +1080,8 @@ impl Vcpu {
         Ok((x.region[0] >> 16) as u16)
     }
 
-    /// Raise a fault without error code (#UD, #NM, #MF) at the current RIP.
+    /// Raise an exception without error code at the current RIP: a fault
+    /// (#UD, #NM, #MF), or #BP after RIP was moved past the INT3.
     fn inject_exception(&self, vector: u8) -> Result<()> {
         let mut ev = self
             .fd
