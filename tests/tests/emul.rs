@@ -1,5 +1,6 @@
 //! Issue 6 §2 on real KVM: the instructions this host's KVM refuses
-//! (FWAIT, CLAC, STAC) are completed by vmm-core and counted; their
+//! (FWAIT, CLAC, STAC, and INT3 in 64-bit ring 0) are completed by
+//! vmm-core and counted; their
 //! faulting forms raise the CPU's exception; anything else stops bhyve with
 //! exit 4 naming RIP and the bytes; SMAP is offered only where CLAC/STAC
 //! run.
@@ -135,6 +136,77 @@ fn fwait_clac_stac_completed_counted_and_faulting_forms_raise() {
         3
     );
     assert_eq!(stat(&s, "number of instruction emulation failures"), 8);
+}
+
+/// Real-mode guest for INT3: #BP's handler must see the address after
+/// the INT3 (a trap), print 'B' (or 'X'), and the guest goes on ('K').
+#[rustfmt::skip]
+const INT3_GUEST: &[u8] = &[
+    0x31, 0xc0,                         // 1000 xor %ax,%ax
+    0x8e, 0xd8,                         // 1002 mov %ax,%ds
+    0x8e, 0xd0,                         // 1004 mov %ax,%ss
+    0xbc, 0x00, 0x80,                   // 1006 mov $0x8000,%sp
+    0xc7, 0x06, 0x0c, 0x00, 0x30, 0x10, // 1009 movw $bp,3*4      (IVT: #BP)
+    0xa3, 0x0e, 0x00,                   // 100f mov %ax,3*4+2
+    0xba, 0xf8, 0x03,                   // 1012 mov $0x3f8,%dx
+    0xcc,                               // 1015 int3              -> trap: 'B'
+    0xb0, b'K',                         // 1016 mov $'K',%al
+    0xee,                               // 1018 out %al,(%dx)
+    0xba, 0x04, 0x04,                   // 1019 mov $0x404,%dx
+    0xb8, 0x00, 0x34,                   // 101c mov $0x3400,%ax   (SLP_TYP 5|SLP_EN)
+    0xef,                               // 101f out %ax,(%dx)
+    0xfa,                               // 1020 cli
+    0xf4,                               // 1021 hlt
+    0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+    // bp: the return IP on the stack must be 0x1016
+    0x55,                               // 1030 push %bp
+    0x89, 0xe5,                         // 1031 mov %sp,%bp
+    0x8b, 0x46, 0x02,                   // 1033 mov 2(%bp),%ax
+    0x3d, 0x16, 0x10,                   // 1036 cmp $0x1016,%ax
+    0x75, 0x04,                         // 1039 jne 103f
+    0xb0, b'B',                         // 103b mov $'B',%al
+    0xeb, 0x02,                         // 103d jmp 1041
+    0xb0, b'X',                         // 103f mov $'X',%al
+    0xee,                               // 1041 out %al,(%dx)
+    0x5d,                               // 1042 pop %bp
+    0xcf,                               // 1043 iret
+];
+
+#[test]
+fn int3_traps_to_the_guest_with_rip_past_it() {
+    require_kvm();
+    let _g = real_mode_vm("emul4", INT3_GUEST);
+    let o = bhyve("emul4", &[]);
+    assert_eq!(stdout(&o), "BK", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "powered off: {}", stderr(&o));
+    let s = stats("emul4");
+    let refused = stat(&s, "number of instruction emulation failures");
+    assert_eq!(
+        stat(&s, "number of int3 instructions completed"),
+        refused,
+        "each refusal is the INT3, completed"
+    );
+}
+
+/// In 64-bit ring 0, where this host's KVM refuses INT3 (Linux runs it
+/// when patching its text), the boot-contract guest's INT3 check passes
+/// through vmm-core's completion.
+#[test]
+fn int3_in_long_mode_ring0_is_completed() {
+    require_kvm();
+    let _g = VmGuard::new("emul5");
+    load_guest("emul5", "256M", &bhyve_rs_tests::guest::Expect::new());
+    expect_guest_passes(Command::new(bin("bhyve")).args([
+        "-m",
+        "256M",
+        "-s",
+        "31,lpc",
+        "-l",
+        "com1,stdio",
+        "emul5",
+    ]));
+    let s = stats("emul5");
+    assert_eq!(stat(&s, "number of int3 instructions completed"), 1);
 }
 
 #[test]
