@@ -235,6 +235,8 @@ pub struct Attached {
     pub callout: Callout,
     /// The firmware tables describing what was attached.
     pub tables: Tables,
+    /// The LPC COM ports, for `bhyvectl --send-break`.
+    pub coms: Vec<Arc<Mutex<ComPort>>>,
 }
 
 /// Where `attach` puts devices and how they interrupt.
@@ -307,6 +309,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
     callout.add(hpet);
 
     let tables = tables_for(&plan);
+    let mut coms = Vec::new();
     for com in plan.coms {
         let backend = com.backend.map(Arc::new);
         let port = Arc::new(Mutex::new(ComPort::new(
@@ -317,6 +320,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
             backend.clone(),
         )));
         inout.register(com.res.base, UART_IO_BAR_SIZE, &com.name, port.clone())?;
+        coms.push(port.clone());
         if let Some(be) = backend {
             pci_lpc::start_reader(port.clone(), be, &mevent).map_err(|e| DeviceError::Setup {
                 what: format!("{} input thread", com.name),
@@ -328,6 +332,7 @@ pub fn attach(plan: Plan, w: Wiring<'_>) -> Result<Attached, DeviceError> {
         pm,
         callout,
         tables,
+        coms,
     })
 }
 

@@ -339,6 +339,7 @@ fn run(c: Config) -> ExitCode {
         return fatal(e);
     }
     let h = vm.handle();
+    let coms = attached.coms.clone();
     let served = ctx.vm_serve_ctl(Arc::new(move |req| match req {
         vmmapi::Request::GetState => Response::State {
             vcpus: h
@@ -351,6 +352,23 @@ fn run(c: Config) -> ExitCode {
         vmmapi::Request::Suspend { how } => {
             h.suspend(how);
             Response::Ok
+        }
+        vmmapi::Request::UartBreak { port } => {
+            let found = coms.iter().find(|c| {
+                c.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .name()
+                    .eq_ignore_ascii_case(&port)
+            });
+            match found {
+                Some(c) => {
+                    c.lock().unwrap_or_else(|e| e.into_inner()).send_break();
+                    Response::Ok
+                }
+                None => Response::Err {
+                    why: format!("no COM port {port:?} (com1..com4)"),
+                },
+            }
         }
         vmmapi::Request::InjectNmi { vcpu } => {
             if h.inject_nmi(vcpu) {

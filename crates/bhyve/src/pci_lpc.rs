@@ -127,6 +127,12 @@ impl ComPort {
         }
     }
 
+    /// A BREAK on this port's line (`bhyvectl --send-break`).
+    pub fn send_break(&mut self) {
+        let fx = self.uart.rx_break();
+        self.apply(fx);
+    }
+
     /// Whether the reader should look at host input now: not while the
     /// RX FIFO is full (bhyve's implicit flow control).
     fn wants_input(&self) -> bool {

@@ -46,6 +46,7 @@ pub const MCR_LOOPBACK: u8 = 0x10;
 
 pub const LSR_RXRDY: u8 = 0x01;
 pub const LSR_OE: u8 = 0x02;
+pub const LSR_BI: u8 = 0x10;
 pub const LSR_THRE: u8 = 0x20;
 pub const LSR_TEMT: u8 = 0x40;
 
@@ -200,7 +201,7 @@ impl UartEmul {
 
     /// `uart_intr_reason`: the highest-priority pending reason.
     fn intr_reason(&self) -> u8 {
-        if self.lsr & LSR_OE != 0 && self.ier & IER_ERLS != 0 {
+        if self.lsr & (LSR_OE | LSR_BI) != 0 && self.ier & IER_ERLS != 0 {
             IIR_RLS
         } else if self.rxfifo.num > 0 && self.ier & IER_ERXRDY != 0 {
             // bhyve reports received data as a timeout, so drivers drain
@@ -235,6 +236,19 @@ impl UartEmul {
     /// [`UartEmul::input_done`] after a batch.
     pub fn rx_put(&mut self, b: u8) -> bool {
         self.rxfifo.put(b)
+    }
+
+    /// A BREAK on the line: a NUL character with LSR.BI, and the line
+    /// status interrupt if enabled, as a 16550 receives one.  Nothing in
+    /// loopback, where the line is disconnected.
+    pub fn rx_break(&mut self) -> Effects {
+        if !self.loopback() {
+            if !self.rxfifo.put(0) {
+                self.lsr |= LSR_OE;
+            }
+            self.lsr |= LSR_BI;
+        }
+        self.finish(Effects::default())
     }
 
     /// After a batch of host input: re-evaluate the interrupt.
@@ -363,7 +377,8 @@ impl UartEmul {
                     self.lsr &= !LSR_RXRDY;
                 }
                 let v = self.lsr;
-                self.lsr &= !LSR_OE;
+                // Error bits clear when read.
+                self.lsr &= !(LSR_OE | LSR_BI);
                 v
             }
             REG_MSR => {
@@ -517,6 +532,27 @@ mod tests {
         assert_eq!(rd(&mut u, REG_LSR) & LSR_OE, 0, "OE cleared by the read");
         assert_eq!(rd(&mut u, REG_IIR), IIR_RXTOUT);
         assert_eq!(rd(&mut u, REG_DATA), b'L');
+    }
+
+    /// A BREAK arrives as a NUL with LSR.BI and a line status interrupt;
+    /// BI clears when LSR is read; in loopback nothing arrives.
+    #[test]
+    fn break_on_the_line() {
+        let mut u = UartEmul::new();
+        u.write(REG_IER, IER_ERLS | IER_ERXRDY);
+        let fx = u.rx_break();
+        assert!(fx.intr && fx.intr_changed);
+        assert_eq!(rd(&mut u, REG_IIR), IIR_RLS);
+        assert_eq!(
+            rd(&mut u, REG_LSR) & (LSR_BI | LSR_RXRDY),
+            LSR_BI | LSR_RXRDY
+        );
+        assert_eq!(rd(&mut u, REG_LSR) & LSR_BI, 0, "BI cleared by the read");
+        assert_eq!(rd(&mut u, REG_DATA), 0);
+        assert_eq!(rd(&mut u, REG_IIR), IIR_NOPEND);
+        u.write(REG_MCR, MCR_LOOPBACK);
+        u.rx_break();
+        assert_eq!(rd(&mut u, REG_LSR) & (LSR_BI | LSR_RXRDY), 0);
     }
 
     #[test]

@@ -76,6 +76,12 @@ fn cli() -> Command {
         ))
         .arg(flag("inject-nmi", "Inject an NMI into the vCPU"))
         .arg(
+            Arg::new("send-break")
+                .long("send-break")
+                .value_name("comN")
+                .help("Send a BREAK on a COM port of the running VM (e.g. SysRq for Linux)"),
+        )
+        .arg(
             Arg::new("set-mem")
                 .long("set-mem")
                 .value_name("MB")
@@ -257,6 +263,9 @@ fn run(m: &ArgMatches) -> Result<(), CtlError> {
     }
     if on(m, "inject-nmi") {
         ctx.vm_inject_nmi(vcpu)?;
+    }
+    if let Some(port) = m.get_one::<String>("send-break") {
+        ctx.vm_uart_break(port)?;
     }
     if on(m, "get-memseg") {
         println!("ID  Length      Name");

@@ -28,6 +28,9 @@ pub enum Request {
     InjectNmi { vcpu: usize },
     /// `--destroy` of a running VM: stop first.
     Destroy,
+    /// `--send-break=comN`: a BREAK on that COM port's line (how a serial
+    /// console asks a Linux guest for SysRq).
+    UartBreak { port: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

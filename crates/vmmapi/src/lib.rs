@@ -377,6 +377,13 @@ impl VmCtx {
         self.ask_runner(&Request::InjectNmi { vcpu })
     }
 
+    /// A BREAK on COM port `port` (`com1`..`com4`) of the running VM.
+    pub fn vm_uart_break(&self, port: &str) -> Result<()> {
+        self.ask_runner(&Request::UartBreak {
+            port: port.to_string(),
+        })
+    }
+
     /// Build the KVM VM for this instance in this process (bhyve).  The
     /// caller holds the run lock.
     pub fn vm_build(&self, cfg: VmConfig) -> Result<Vm> {
