@@ -1,7 +1,8 @@
 #!/bin/sh
 # Build the Linux guest kernel for bhyve-rs's real-driver boot test from
-# Debian 12's linux-source-6.1 package and tests/linux/kernel.config, and
-# print the bzImage's path as the last line on stdout.
+# Debian 12's linux-source-6.1 package and tests/linux/kernel.config (with
+# one line of the source changed, see below), and print the bzImage's path
+# as the last line on stdout.
 #
 # The result is cached in ${BHYVE_RS_CACHE:-/var/cache/bhyve-rs}/linux-KEY,
 # KEY being a hash of the config fragment, the source package's version and
