@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VcpuExit};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::error::{Error, Result};
 use crate::vcpu_state::VcpuState;
@@ -56,18 +56,9 @@ pub fn probe_host() -> Result<HostProbe> {
             what: "writing the probe guest",
             why: e.to_string(),
         })?;
-    for (slot, region) in mem.iter().enumerate() {
-        let r = kvm_userspace_memory_region {
-            slot: slot as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-        };
-        // SAFETY: the region is a live mapping owned by `mem`, which
-        // outlives the VM (dropped after it, at the end of this function).
-        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("probe: mapping memory"))?;
-    }
+    // SAFETY: `mem` outlives the VM (dropped after it, at the end of this
+    // function).
+    unsafe { crate::vm::map_memory(&vm, &mem, "probe: mapping memory")? };
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("probe: creating vCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

@@ -187,6 +187,30 @@ pub struct VmConfig {
 }
 
 /// A running VM: the KVM VM of an instance in this process.
+/// Give KVM every region of `mem`, one slot each.
+///
+/// # Safety
+/// `mem` must stay mapped for as long as the KVM VM `fd` exists.
+pub(crate) unsafe fn map_memory(
+    fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the
+        // caller keeps mapped while the VM exists.
+        unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err(what))?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Vm {
     name: String,
@@ -284,18 +308,8 @@ impl Vm {
             ..Default::default()
         })
         .map_err(kvm_err("creating PIT"))?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the
-            // Vm keeps for as long as the KVM VM exists.
-            unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("mapping memory"))?;
-        }
+        // SAFETY: the Vm keeps `mem` for as long as the KVM VM exists.
+        unsafe { map_memory(&fd, &mem, "mapping memory")? };
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("reading supported CPUID"))?;

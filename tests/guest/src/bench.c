@@ -37,13 +37,6 @@
  */
 #include "io.h"
 
-#define VIO_HOST_FEATURES 0
-#define VIO_GUEST_FEATURES 4
-#define VIO_QUEUE_PFN 8
-#define VIO_QUEUE_NUM 12
-#define VIO_QUEUE_SEL 14
-#define VIO_QUEUE_NOTIFY 16
-#define VIO_STATUS 18
 
 #define VRING_AVAIL_F_NO_INTERRUPT 1
 #define VRING_USED_F_NO_NOTIFY 1

@@ -215,6 +215,20 @@ void vnet_checks(void);		/* test.vnet (vnet_checks.c) */
 void bench_run(void);		/* test.bench_vblk, test.bench_vnet */
 
 /* virtio.c: legacy virtio PCI plumbing for the polled drivers */
+/* BAR0 registers of the legacy interface (bhyve-platform.md 4.5) and the
+ * status bits the drivers use */
+#define VIO_HOST_FEATURES 0
+#define VIO_GUEST_FEATURES 4
+#define VIO_QUEUE_PFN 8
+#define VIO_QUEUE_NUM 12
+#define VIO_QUEUE_SEL 14
+#define VIO_QUEUE_NOTIFY 16
+#define VIO_STATUS 18
+#define VIO_ISR 19
+#define VIO_CONFIG 20	/* device config while MSI-X is off */
+#define ST_ACK 1
+#define ST_DRIVER 2
+#define ST_DRIVER_OK 4
 u32 pci0_rd32(u32 slot, u32 reg);	/* bus 0, function 0 */
 void pci0_wr32(u32 slot, u32 reg, u32 v);
 void pci0_wr16(u32 slot, u32 reg, u16 v);

@@ -28,21 +28,6 @@
  */
 #include "io.h"
 
-/* legacy virtio PCI registers (BAR0 offsets, §4.5) */
-#define VIO_HOST_FEATURES 0
-#define VIO_GUEST_FEATURES 4
-#define VIO_QUEUE_PFN 8
-#define VIO_QUEUE_NUM 12
-#define VIO_QUEUE_SEL 14
-#define VIO_QUEUE_NOTIFY 16
-#define VIO_STATUS 18
-#define VIO_ISR 19
-#define VIO_CONFIG 20	/* MSI-X not enabled */
-
-#define ST_ACK 1
-#define ST_DRIVER 2
-#define ST_DRIVER_OK 4
-
 /* virtio-blk (§4.6) */
 #define F_SEG_MAX (1u << 2)
 #define F_RO (1u << 5)

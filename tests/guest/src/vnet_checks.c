@@ -25,18 +25,7 @@
  */
 #include "io.h"
 
-#define VIO_HOST_FEATURES 0
-#define VIO_GUEST_FEATURES 4
-#define VIO_QUEUE_PFN 8
-#define VIO_QUEUE_NUM 12
-#define VIO_QUEUE_SEL 14
-#define VIO_QUEUE_NOTIFY 16
-#define VIO_STATUS 18
-#define VIO_CONFIG 20
 
-#define ST_ACK 1
-#define ST_DRIVER 2
-#define ST_DRIVER_OK 4
 
 #define F_MTU (1u << 3)
 #define F_MAC (1u << 5)
