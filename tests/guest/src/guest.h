@@ -251,6 +251,9 @@ struct vring {
 static inline void vbarrier(void) { __asm__ volatile("mfence" ::: "memory"); }
 static inline u64 phys_of(const volatile void *p) { return (u64)p - KERNBASE; }
 /* bytes of a legacy ring of num entries (4 KiB aligned parts) */
+/* test.TAG names the slot of a legacy virtio function with this device
+ * ID: checks both (under TAG); 1 with *slot set, or 0 after a `not ok` */
+int vio_function(const char *tag, u16 device, u32 *slot);
 u64 vring_bytes(u16 num);
 void vring_init(struct vring *r, void *area, u16 num);
 /* puts chain `head` in the avail ring and publishes the new index */

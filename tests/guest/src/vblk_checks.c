@@ -179,24 +179,8 @@ static int parse_write(const char *s, u64 *lba, u64 *count, u64 *seed)
 
 static int setup(void)
 {
-	u64 slot;
-	const char *s = kenv_get("test.vblk");
-	check_begin("vblk: test.vblk is a PCI slot number 0-31");
-	if (!parse_u64(s, 10, &slot) || slot > 31) {
-		check_fail("\"%s\"", s);
+	if (!vio_function("vblk", 0x1001, &vb.slot))
 		return 0;
-	}
-	check_pass();
-	vb.slot = (u32)slot;
-
-	u32 id = pci0_rd32(vb.slot, 0x00);
-	check_begin("vblk: 0:%u.0 is 1af4:1001 (legacy virtio-blk, 4.5)", vb.slot);
-	if (id != 0x10011af4) {
-		check_fail("found %04x:%04x%s", id & 0xffff, id >> 16,
-		    id == 0xffffffff ? " (no function)" : "");
-		return 0;
-	}
-	check_pass();
 
 	u32 cc = pci0_rd32(vb.slot, 0x08), sub = pci0_rd32(vb.slot, 0x2c), intr = pci0_rd32(vb.slot, 0x3c);
 	u8 pin = (u8)(intr >> 8);

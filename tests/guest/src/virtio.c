@@ -27,6 +27,30 @@ void pci0_wr16(u32 slot, u32 reg, u16 v)
 	outw(CFG_DATA + (reg & 2), v);
 }
 
+int vio_function(const char *tag, u16 device, u32 *slot)
+{
+	char var[16];
+	u64 n;
+	ksnprintf(var, sizeof(var), "test.%s", tag);
+	const char *s = kenv_get(var);
+	check_begin("%s: %s is a PCI slot number 0-31", tag, var);
+	if (!parse_u64(s, 10, &n) || n > 31) {
+		check_fail("\"%s\"", s);
+		return 0;
+	}
+	check_pass();
+	*slot = (u32)n;
+	u32 id = pci0_rd32(*slot, 0x00);
+	check_begin("%s: 0:%u.0 is 1af4:%04x (legacy virtio, 4.5)", tag, *slot, device);
+	if (id != ((u32)device << 16 | 0x1af4)) {
+		check_fail("found %04x:%04x%s", id & 0xffff, id >> 16,
+		    id == 0xffffffff ? " (no function)" : "");
+		return 0;
+	}
+	check_pass();
+	return 1;
+}
+
 u64 vring_bytes(u16 num)
 {
 	return ROUNDUP(16 * (u64)num + 2 * (3 + (u64)num), 4096) + ROUNDUP(6 + 8 * (u64)num, 4096);

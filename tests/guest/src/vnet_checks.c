@@ -93,24 +93,8 @@ static u16 queue_setup(u16 sel, struct vring *r, u8 *area, u64 area_size)
 
 static int setup(void)
 {
-	u64 slot;
-	const char *s = kenv_get("test.vnet");
-	check_begin("vnet: test.vnet is a PCI slot number 0-31");
-	if (!parse_u64(s, 10, &slot) || slot > 31) {
-		check_fail("\"%s\"", s);
+	if (!vio_function("vnet", 0x1000, &vn.slot))
 		return 0;
-	}
-	check_pass();
-	vn.slot = (u32)slot;
-
-	u32 id = pci0_rd32(vn.slot, 0x00);
-	check_begin("vnet: 0:%u.0 is 1af4:1000 (legacy virtio-net, 4.5)", vn.slot);
-	if (id != 0x10001af4) {
-		check_fail("found %04x:%04x%s", id & 0xffff, id >> 16,
-		    id == 0xffffffff ? " (no function)" : "");
-		return 0;
-	}
-	check_pass();
 	u32 cc = pci0_rd32(vn.slot, 0x08), sub = pci0_rd32(vn.slot, 0x2c);
 	check_begin("vnet: class 02 (network), subsystem 1af4:0001");
 	check_result(cc >> 24 == 0x02 && sub == 0x00011af4, "class %02x subsystem %04x:%04x",
