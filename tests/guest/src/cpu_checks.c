@@ -284,11 +284,13 @@ static void check_int3(void)
 {
 	extern const u64 trap_stubs[32];
 	u64 after;
+	/* Under QEMU on a KVM that refuses INT3 the VM would stop here. */
+	if (!check_begin_bhyve("cpu: INT3 raises vector 3 (breakpoint) with the address after it on the stack"))
+		return;
 	idt_set(3, bp_stub);
 	bp_rip = 0;
 	__asm__ volatile("lea 1f(%%rip), %0\n\tint3\n1:" : "=r"(after)::"memory");
 	idt_set(3, (void (*)(void))trap_stubs[3]);
-	check_begin("cpu: INT3 raises vector 3 (breakpoint) with the address after it on the stack");
 	check_result(bp_rip == after, "handler saw 0x%lx, want 0x%lx", bp_rip, after);
 }
 
