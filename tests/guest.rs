@@ -33,7 +33,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// Flags for the guest kernel's C and assembly files.
-const KERNEL_CFLAGS: &[&str] = &[
+pub(crate) const KERNEL_CFLAGS: &[&str] = &[
     "-ffreestanding",
     "-nostdlib",
     "-mcmodel=kernel",
@@ -68,7 +68,7 @@ const MODULE_CFLAGS: &[&str] = &[
     "-O2",
     "-Wall",
 ];
-const KERNEL_LDFLAGS: &[&str] = &[
+pub(crate) const KERNEL_LDFLAGS: &[&str] = &[
     "-nostdlib",
     "-static",
     "-z",

@@ -149,3 +149,22 @@ pub fn expect_guest_passes(cmd: &mut Command) {
     guest::parse_report(&out).assert_all_passed(&out);
     assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
 }
+
+/// bhyveload refuses `args` for instance `vm`: exit `status`, one line on
+/// stderr naming the cause (containing `want`), and no instance left.
+pub fn bhyveload_refuses(vm: &str, args: &[&str], status: i32, want: &str) {
+    let _g = VmGuard::new(vm);
+    let mut a: Vec<&str> = args.to_vec();
+    a.push(vm);
+    let o = run("bhyveload", &a);
+    let err = stderr(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(status),
+        "{args:?}: {}{err}",
+        stdout(&o)
+    );
+    assert!(err.contains(want), "{args:?}: want {want:?} in {err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(!exists(vm), "{args:?} left {vm} behind");
+}

@@ -18,35 +18,21 @@ use std::sync::OnceLock;
 
 use crate::guest::{cached_build, run, source_dir};
 
-const CFLAGS: &[&str] = &[
-    "-ffreestanding",
-    "-nostdlib",
-    "-mcmodel=small",
-    "-mno-red-zone",
-    "-mno-sse",
-    "-mno-sse2",
-    "-mno-mmx",
-    "-mno-avx",
-    "-fno-pic",
-    "-fno-pie",
-    "-fno-stack-protector",
-    "-fno-asynchronous-unwind-tables",
-    "-fno-common",
-    "-O2",
-    "-std=gnu11",
-    "-Wall",
-    "-Wextra",
-    "-Wno-unused-parameter",
-];
-const LDFLAGS: &[&str] = &[
-    "-nostdlib",
-    "-static",
-    "-z",
-    "max-page-size=0x1000",
-    "-z",
-    "noexecstack",
-    "--build-id=none",
-];
+/// The boot-contract guest's flags, but for code linked low (at
+/// `LOAD_ADDR`) rather than in the top 2 GiB.
+fn cflags() -> Vec<&'static str> {
+    crate::guest::KERNEL_CFLAGS
+        .iter()
+        .map(|&f| {
+            if f == "-mcmodel=kernel" {
+                "-mcmodel=small"
+            } else {
+                f
+            }
+        })
+        .collect()
+}
+const LDFLAGS: &[&str] = crate::guest::KERNEL_LDFLAGS;
 
 /// Where the guest is linked, and so the `pref_address` it needs.
 pub const LOAD_ADDR: u64 = 0x100_0000;
@@ -69,13 +55,14 @@ pub fn payload() -> Vec<u8> {
             .chain(HEADERS)
             .map(|f| src.join(f))
             .collect();
-        let flags: Vec<&str> = CFLAGS.iter().chain(LDFLAGS).copied().collect();
+        let cflags = cflags();
+        let flags: Vec<&str> = cflags.iter().chain(LDFLAGS).copied().collect();
         let dir = cached_build(&src, &sources, &flags, |tmp| {
             let mut objs = Vec::new();
             for f in SHARED.iter().chain(OWN) {
                 let obj = tmp.join(format!("{}.o", f.replace('/', "_")));
                 run(Command::new("gcc")
-                    .args(CFLAGS)
+                    .args(&cflags)
                     .arg("-I")
                     .arg(src.join("src"))
                     .arg("-c")

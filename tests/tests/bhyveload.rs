@@ -241,25 +241,6 @@ fn kernel_from_host_file() {
     );
 }
 
-/// bhyveload's failures: one line naming the cause, a non-zero status, and
-/// no instance left behind.
-fn refused(vm: &str, args: &[&str], status: i32, want: &str) {
-    let _g = VmGuard::new(vm);
-    let mut a: Vec<&str> = args.to_vec();
-    a.push(vm);
-    let o = run("bhyveload", &a);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(status),
-        "{args:?}: {}{err}",
-        stdout(&o)
-    );
-    assert!(err.contains(want), "{args:?}: want {want:?} in {err:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(!exists(vm), "{args:?} left {vm} behind");
-}
-
 #[test]
 fn bad_input_is_refused_cleanly() {
     let g = guest::build();
@@ -267,8 +248,8 @@ fn bad_input_is_refused_cleanly() {
     let junk = s.path("junk.img");
     fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
     let junk = junk.to_str().unwrap();
-    refused("b0", &["-d", "/nonexistent.img"], 64, "/nonexistent.img");
-    refused("b1", &["-d", junk], 64, "not a disk image we understand");
+    bhyveload_refuses("b0", &["-d", "/nonexistent.img"], 64, "/nonexistent.img");
+    bhyveload_refuses("b1", &["-d", junk], 64, "not a disk image we understand");
     // A tree without a kernel.
     let nok = s.path("nokernel.img");
     images::image(
@@ -279,7 +260,7 @@ fn bad_input_is_refused_cleanly() {
         4096,
         &nok,
     );
-    refused("b2", &["-d", nok.to_str().unwrap()], 1, "kernel");
+    bhyveload_refuses("b2", &["-d", nok.to_str().unwrap()], 1, "kernel");
     // A kernel that is not an x86-64 ELF.
     let badk = s.path("badk.img");
     images::image(
@@ -290,7 +271,7 @@ fn bad_input_is_refused_cleanly() {
         4096,
         &badk,
     );
-    refused(
+    bhyveload_refuses(
         "b3",
         &["-d", badk.to_str().unwrap()],
         1,
@@ -314,19 +295,19 @@ fn bad_input_is_refused_cleanly() {
     // Memory too small for the kernel at 2 MiB.
     let img = s.path("ok.img");
     images::image(&boot_tree(&g, CONF), Layout::Raw, 2, 32768, 4096, &img);
-    refused(
+    bhyveload_refuses(
         "b5",
         &["-m", "2M", "-d", img.to_str().unwrap()],
         1,
         "memory",
     );
-    refused(
+    bhyveload_refuses(
         "b6",
         &["-m", "lots", "-d", img.to_str().unwrap()],
         64,
         "memory size",
     );
-    refused(
+    bhyveload_refuses(
         "b7",
         &["-c", "/etc/passwd", "-d", img.to_str().unwrap()],
         64,

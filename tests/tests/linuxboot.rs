@@ -137,25 +137,6 @@ fn bzimage_boots_in_5g_with_highmem() {
     }
 }
 
-/// bhyveload's refusals: one line naming the cause, the status, and no
-/// instance left behind.
-fn refused(vm: &str, args: &[&str], status: i32, want: &str) {
-    let _g = VmGuard::new(vm);
-    let mut a: Vec<&str> = args.to_vec();
-    a.push(vm);
-    let o = run("bhyveload", &a);
-    let err = stderr(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(status),
-        "{args:?}: {}{err}",
-        stdout(&o)
-    );
-    assert!(err.contains(want), "{args:?}: want {want:?} in {err:?}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-    assert!(!exists(vm), "{args:?} left {vm} behind");
-}
-
 fn image(s: &Scratch, name: &str, setup: Setup) -> String {
     write(
         s,
@@ -165,11 +146,11 @@ fn image(s: &Scratch, name: &str, setup: Setup) -> String {
 }
 
 #[test]
-fn what_cannot_boot_is_refused() {
+fn what_cannot_boot_is_bhyveload_refuses() {
     let s = Scratch::new("lxbad");
     let good = image(&s, "good", Setup::default());
     let junk = write(&s, "junk", &[0x5a; 4096]);
-    refused(
+    bhyveload_refuses(
         "lxb0",
         &["--kernel", &junk],
         1,
@@ -183,7 +164,7 @@ fn what_cannot_boot_is_refused() {
             ..Setup::default()
         },
     );
-    refused(
+    bhyveload_refuses(
         "lxb1",
         &["--kernel", &old],
         1,
@@ -197,12 +178,12 @@ fn what_cannot_boot_is_refused() {
             ..Setup::default()
         },
     );
-    refused("lxb2", &["--kernel", &no64], 1, "no 64-bit entry point");
+    bhyveload_refuses("lxb2", &["--kernel", &no64], 1, "no 64-bit entry point");
     // 64 MiB: the kernel ends a little past 17 MiB; a 50 MiB initrd cannot
     // go above it. A sparse file: nothing is read before the check.
     let big = s.path("big.initrd");
     fs::File::create(&big).unwrap().set_len(50 * MB).unwrap();
-    refused(
+    bhyveload_refuses(
         "lxb3",
         &[
             "-m",
@@ -215,7 +196,7 @@ fn what_cannot_boot_is_refused() {
         1,
         "the initrd (52428800 bytes) does not fit",
     );
-    refused(
+    bhyveload_refuses(
         "lxb4",
         &["-m", "16M", "--kernel", &good],
         1,
@@ -229,7 +210,7 @@ fn what_cannot_boot_is_refused() {
             ..Setup::default()
         },
     );
-    refused(
+    bhyveload_refuses(
         "lxb5",
         &[
             "--kernel",
@@ -241,26 +222,26 @@ fn what_cannot_boot_is_refused() {
         "the command line is 28 bytes, longer than the 16 the kernel accepts",
     );
     let empty = write(&s, "empty", &[]);
-    refused(
+    bhyveload_refuses(
         "lxb6",
         &["--kernel", &good, "--initrd", &empty],
         1,
         "the initrd is empty",
     );
-    refused(
+    bhyveload_refuses(
         "lxb7",
         &["--kernel", &good, "-e", "boot_verbose=YES"],
         64,
         "is a Linux bzImage: -e, -h and --module are for FreeBSD kernels",
     );
     let elf = guest::build().kernel;
-    refused(
+    bhyveload_refuses(
         "lxb8",
         &["--kernel", elf.to_str().unwrap(), "--initrd", &good],
         64,
         "is a FreeBSD ELF kernel: --initrd and --cmdline are for Linux bzImage kernels",
     );
-    refused(
+    bhyveload_refuses(
         "lxb9",
         &["-d", &good, "--cmdline", "quiet"],
         64,
