@@ -22,7 +22,7 @@ use linux_loader::loader::KernelLoader;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::bzimage::BzImage;
 use vmmapi::vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
-use vmmapi::{MemLayout, SegDesc, SegReg, VcpuState, VmReg, mem};
+use vmmapi::{MemLayout, SegDesc, Segment, VcpuState, VmReg, mem};
 
 /// The setup header starts at 0x1f1 of the image and of `boot_params`.
 const HDR_OFFSET: usize = 0x1f1;
@@ -398,69 +398,30 @@ impl Entry {
     /// (64-bit code), DS/ES/SS (and FS/GS) = `__BOOT_DS` (flat 4 GiB data),
     /// interrupts off, RSI = the zero page; everything else at reset values.
     pub fn apply(&self, s: &mut VcpuState) {
-        const CR0_PE: u64 = 1;
-        const CR0_NE: u64 = 1 << 5;
-        const CR0_PG: u64 = 1 << 31;
-        const CR4_PAE: u64 = 1 << 5;
-        const EFER_LME: u64 = 1 << 8;
-        const EFER_LMA: u64 = 1 << 10;
         *s = VcpuState::default();
-        s.cr0 = CR0_PG | CR0_NE | CR0_PE;
-        s.cr3 = self.cr3;
-        s.cr4 = CR4_PAE;
-        s.efer = EFER_LME | EFER_LMA;
-        s.rflags = 0x2;
-        s.rip = self.rip;
-        s.set(VmReg::Rsi, self.rsi);
-        s.set(VmReg::Rsp, self.rsp);
         // Access rights in bhyve's layout: type, S, P, L, D/B, G.
-        let code = SegDesc {
-            base: 0,
-            limit: 0xffff_ffff,
-            access: 0xa09b,
-        };
-        let data = SegDesc {
-            base: 0,
-            limit: 0xffff_ffff,
-            access: 0xc093,
-        };
-        s.set(VmReg::Cs, BOOT_CS.into());
-        s.set_desc(SegReg::Cs, code);
-        for (r, d) in [
-            (VmReg::Ds, SegReg::Ds),
-            (VmReg::Es, SegReg::Es),
-            (VmReg::Fs, SegReg::Fs),
-            (VmReg::Gs, SegReg::Gs),
-            (VmReg::Ss, SegReg::Ss),
-        ] {
-            s.set(r, BOOT_DS.into());
-            s.set_desc(d, data);
-        }
-        // A busy 64-bit TSS and no LDT, as VMX entry requires.
-        s.set_desc(
-            SegReg::Tr,
-            SegDesc {
+        let flat = |sel: u16, access: u32| Segment {
+            sel,
+            desc: SegDesc {
                 base: 0,
-                limit: 0,
-                access: 0x8b,
+                limit: 0xffff_ffff,
+                access,
             },
+        };
+        let gdtr = SegDesc {
+            base: self.gdt_base,
+            limit: gdt().len() as u32 - 1,
+            access: 0,
+        };
+        s.setup_long_mode(
+            self.rip,
+            self.cr3,
+            self.rsp,
+            gdtr,
+            flat(BOOT_CS, 0xa09b),
+            flat(BOOT_DS, 0xc093),
         );
-        s.set_desc(
-            SegReg::Ldtr,
-            SegDesc {
-                base: 0,
-                limit: 0,
-                access: vmmapi::DESC_UNUSABLE,
-            },
-        );
-        s.set_desc(
-            SegReg::Gdtr,
-            SegDesc {
-                base: self.gdt_base,
-                limit: gdt().len() as u32 - 1,
-                access: 0,
-            },
-        );
+        s.set(VmReg::Rsi, self.rsi);
     }
 }
 
@@ -616,6 +577,7 @@ impl LinuxBoot {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+    use vmmapi::SegReg;
 
     const MB: u64 = 1 << 20;
     const GB: u64 = 1 << 30;

@@ -446,6 +446,44 @@ impl VcpuState {
     /// `vm_setup_freebsd_registers`: the long-mode entry state FreeBSD's
     /// loader hands the kernel (freebsd-boot-abi.md §2.4).
     pub fn setup_freebsd(&mut self, rip: u64, cr3: u64, gdtbase: u64, rsp: u64) {
+        // GUEST_GDTR_LIMIT64: three descriptors.
+        let gdtr = SegDesc {
+            base: gdtbase,
+            limit: 3 * 8 - 1,
+            access: 0,
+        };
+        let code = Segment {
+            sel: 0x8,
+            desc: SegDesc {
+                base: 0,
+                limit: 0,
+                access: 0x209b,
+            },
+        };
+        let data = Segment {
+            sel: 0x10,
+            desc: SegDesc {
+                base: 0,
+                limit: 0,
+                access: 0x0093,
+            },
+        };
+        self.setup_long_mode(rip, cr3, rsp, gdtr, code, data);
+    }
+
+    /// A 64-bit entry with paging on `cr3`: CR0.PG|NE|PE, CR4.PAE,
+    /// EFER.LME|LMA, interrupts off, CS = `code`, DS/ES/FS/GS/SS = `data`,
+    /// a busy 64-bit TSS and no LDT (as VMX entry requires), GDTR `gdtr`.
+    /// Other registers are left as they are.
+    pub fn setup_long_mode(
+        &mut self,
+        rip: u64,
+        cr3: u64,
+        rsp: u64,
+        gdtr: SegDesc,
+        code: Segment,
+        data: Segment,
+    ) {
         const CR0_PE: u64 = 1;
         const CR0_NE: u64 = 1 << 5;
         const CR0_PG: u64 = 1 << 31;
@@ -459,20 +497,7 @@ impl VcpuState {
         self.rflags = 0x2;
         self.rip = rip;
         self.gprs[gpr_index(VmReg::Rsp)] = rsp;
-        let code = SegDesc {
-            base: 0,
-            limit: 0,
-            access: 0x209b,
-        };
-        let data = SegDesc {
-            base: 0,
-            limit: 0,
-            access: 0x0093,
-        };
-        self.cs = Segment {
-            sel: 0x8,
-            desc: code,
-        };
+        self.cs = code;
         for s in [
             &mut self.ds,
             &mut self.es,
@@ -480,10 +505,7 @@ impl VcpuState {
             &mut self.gs,
             &mut self.ss,
         ] {
-            *s = Segment {
-                sel: 0x10,
-                desc: data,
-            };
+            *s = data;
         }
         self.tr = Segment {
             sel: 0,
@@ -501,12 +523,7 @@ impl VcpuState {
                 access: DESC_UNUSABLE,
             },
         };
-        // GUEST_GDTR_LIMIT64: three descriptors.
-        self.gdtr = SegDesc {
-            base: gdtbase,
-            limit: 3 * 8 - 1,
-            access: 0,
-        };
+        self.gdtr = gdtr;
     }
 }
 

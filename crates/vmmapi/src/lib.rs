@@ -16,7 +16,7 @@ pub use vmm_core::instance::{InstanceState, RunLock, RunState, VM_MAXCPU, vmm_di
 pub use vmm_core::io as vmm_io;
 pub use vmm_core::mem::{self, MemLayout, humanize, parse_memsize};
 pub use vmm_core::probe::{HostProbe, probe_host};
-pub use vmm_core::vcpu_state::{DESC_UNUSABLE, SegDesc, SegReg, VcpuState, VmReg};
+pub use vmm_core::vcpu_state::{SegDesc, SegReg, Segment, VcpuState, VmReg};
 pub use vmm_core::vm::{STAT_NAMES, Suspend, Vcpu, Vm, VmConfig, VmEntry, VmExit, VmHandle};
 pub use vmm_core::{Error, Result};
 
