@@ -15,8 +15,9 @@ P=target/release/examples/pio_exit
 RUNS=${RUNS:-10}
 N=50000
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export VMM_DIR="$W/vmm"
+. bench/vmmdir.sh
+trap 'vmmdir_cleanup; rm -rf "$W"' EXIT
+vmmdir_setup "$W"
 
 python3 - "$B" "$P" "$RUNS" "$N" <<'PY'
 import os, subprocess, sys, time, statistics

@@ -10,8 +10,9 @@ cargo build --release -q -p bhyveload -p bhyvectl
 BIN=target/release
 RUNS=${RUNS:-10}
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export VMM_DIR="$W/vmm"
+. bench/vmmdir.sh
+trap 'vmmdir_cleanup; rm -rf "$W"' EXIT
+vmmdir_setup "$W"
 
 # A kernel linked like FreeBSD's (KERNBASE + 2 MiB) carrying 30 MB of data.
 mkdir -p "$W/tree/boot/kernel"

@@ -20,9 +20,10 @@ command -v qemu-system-x86_64 >/dev/null ||
 cargo build --release -q -p bhyveload -p bhyve -p bhyvectl
 KERNEL=$(tests/linux/build-kernel.sh | tail -n 1)
 W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export VMM_DIR="$W/vmm"
-mkdir -p "$VMM_DIR" "$W/root/sbin" "$W/root/dev"
+. bench/vmmdir.sh
+trap 'vmmdir_cleanup; rm -rf "$W"' EXIT
+vmmdir_setup "$W"
+mkdir -p "$W/root/sbin" "$W/root/dev"
 
 # The test's root disk: MBR, partition 1 at 1 MiB, ext2 with the spinning
 # /sbin/init (tests/linux/init.S).

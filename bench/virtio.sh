@@ -43,10 +43,12 @@ B=$T/release
 # tmpfs), the same one for the host figures and both VMMs.
 W=$(mktemp -d "$T/virtio-bench.XXXXXX")
 NS=bhyvers-bench-$$
-export VMM_DIR="$W/vmm"
+. bench/vmmdir.sh
+vmmdir_setup "$W"
 cleanup() {
     "$B/bhyvectl" --vm=vbench --destroy >/dev/null 2>&1 || true
     ip netns del "$NS" 2>/dev/null || true
+    vmmdir_cleanup
     rm -rf "$W"
 }
 trap cleanup EXIT
