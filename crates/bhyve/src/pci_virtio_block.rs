@@ -4,8 +4,7 @@
 //! direction before any I/O; a bad request completes with IOERR.
 
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use vmmapi::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -63,7 +62,43 @@ pub struct VtBlk {
     /// Requests with the workers; past a ring's worth, further chains
     /// wait in the ring for the next notify (only a guest reusing heads
     /// gets there).
-    inflight: Arc<AtomicUsize>,
+    inflight: Arc<Inflight>,
+}
+
+/// A count of requests with the workers that a reset can wait out.
+#[derive(Default)]
+struct Inflight {
+    n: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Inflight {
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.n.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self) -> usize {
+        *self.lock()
+    }
+
+    fn start(&self) {
+        *self.lock() += 1;
+    }
+
+    fn end(&self) {
+        let mut n = self.lock();
+        *n -= 1;
+        if *n == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self) {
+        let mut n = self.lock();
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl std::fmt::Debug for VtBlk {
@@ -194,7 +229,7 @@ impl VtBlk {
         };
         let wrote = if op == BlockOp::Read { len as u32 } else { 0 };
         let (vs2, inflight) = (vs.clone(), self.inflight.clone());
-        inflight.fetch_add(1, Ordering::SeqCst);
+        inflight.start();
         self.bc.submit(BlockReq {
             op,
             offset,
@@ -208,7 +243,7 @@ impl VtBlk {
                 };
                 let wrote = if st == VTBLK_S_OK { wrote } else { 0 };
                 finish(&vs2, &mem, &chain, st, wrote);
-                inflight.fetch_sub(1, Ordering::SeqCst);
+                inflight.end();
             }),
         });
     }
@@ -345,15 +380,19 @@ impl VirtioDevice for VtBlk {
     }
 
     fn notify(&mut self, vq: usize, vs: &Virtio) {
-        while self.inflight.load(Ordering::SeqCst) < usize::from(VTBLK_RINGSZ) {
+        while self.inflight.count() < usize::from(VTBLK_RINGSZ) {
             let Some(chain) = vs.pop(vq) else { break };
             self.proc(vs, chain);
         }
     }
 
-    /// Requests still with the workers are dropped by the transport's
-    /// reset generation when they finish.
-    fn reset(&mut self) {}
+    /// The transport has let go of the rings; wait out the requests still
+    /// with the workers, so that no read lands in memory the guest took
+    /// back by resetting (QEMU drains the same way).  Their completions
+    /// carry the old generation and are dropped.
+    fn reset(&mut self) {
+        self.inflight.wait_idle();
+    }
 }
 
 /// A virtio-blk function on `disk` (`pci_vtblk_init`); `ser` is the
@@ -603,6 +642,42 @@ mod tests {
             VTBLK_S_IOERR
         );
         assert_eq!(t.req(VBH_OP_READ, 0, &[(DATA, 512, true)]), VTBLK_S_OK);
+    }
+
+    /// A reset returns only once every request it overtook is finished:
+    /// guest memory stays as it was at the reset, and nothing completes
+    /// after it.
+    #[test]
+    fn vtblk_reset_waits_for_requests_in_flight() {
+        let mut t = rig("reset", &[]);
+        let m = &t.r.mem;
+        m.write_slice(&[0xee; 32 << 14], GuestAddress(DATA))
+            .unwrap();
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&VBH_OP_READ.to_le_bytes());
+        for k in 0..32u16 {
+            let (hdr, d) = (HDR + 16 * u64::from(k), 3 * k);
+            m.write_slice(&h, GuestAddress(hdr)).unwrap();
+            t.ring.desc(m, d, hdr, 16, false, Some(d + 1));
+            let buf = DATA + (u64::from(k) << 14);
+            t.ring.desc(m, d + 1, buf, 1 << 14, true, Some(d + 2));
+            t.ring.desc(m, d + 2, STATUS + u64::from(k), 1, true, None);
+        }
+        for k in 0..32u16 {
+            t.ring.post(&t.r.mem, 3 * k);
+        }
+        t.r.outl(VIRTIO_PCI_QUEUE_NOTIFY, 2, 0);
+        t.r.outl(crate::virtio::VIRTIO_PCI_STATUS, 1, 0);
+        let used = t.ring.used_idx(&t.r.mem);
+        let mut at_reset = vec![0u8; 32 << 14];
+        t.r.mem
+            .read_slice(&mut at_reset, GuestAddress(DATA))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut later = vec![0u8; 32 << 14];
+        t.r.mem.read_slice(&mut later, GuestAddress(DATA)).unwrap();
+        assert!(at_reset == later, "a read landed after the reset");
+        assert_eq!(t.ring.used_idx(&t.r.mem), used, "completed after the reset");
     }
 
     #[test]
