@@ -11,7 +11,9 @@
 # Every disk path is O_DIRECT (bhyve nocache, QEMU cache=none, dd/fio
 # direct) on one 256 MiB scratch file; the network runs inside a namespace
 # this script makes and deletes, on a tap with no wire.
-# Prints a table of medians over RUNS runs (default 3).
+# Prints a table of medians over RUNS runs (default 5); "vs QEMU" is the
+# median of each run's bhyve-rs/QEMU ratio (the two run back to back), with
+# the range of those ratios beside it.
 #   RUNS=N       repetitions
 #   BENCH_MS=N   length of each measurement window (default 1000)
 #   QEMU_AIO=    native (default) or threads, QEMU's -drive aio=
@@ -28,7 +30,7 @@ for t in cargo qemu-system-x86_64 fio gcc ld make ip dd python3; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "bench/virtio.sh: must run as root (network namespace, tap)" >&2; exit 1; }
 [ -w /dev/kvm ] || { echo "bench/virtio.sh: /dev/kvm is missing or not writable" >&2; exit 1; }
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 MS=${BENCH_MS:-1000}
 AIO=${QEMU_AIO:-native}
 case "$RUNS" in '' | *[!0-9]* | 0) echo "bench/virtio.sh: RUNS must be a positive number, not '$RUNS'" >&2; exit 1 ;; esac
@@ -250,8 +252,9 @@ t0 = time.time()
 try:
     order = [("host", host), ("bhyve-rs", bhyve), ("QEMU", qemu)]
     for r in range(runs):
-        # rotated each run, so that a drift in the machine's load hits all three
-        for name, fn in order[r % 3:] + order[:r % 3]:
+        # bhyve-rs and QEMU back to back, which first alternating, so each
+        # run's pair saw the same machine (see pair_ratio)
+        for name, fn in order if r % 2 == 0 else order[::-1]:
             print(f"run {r + 1}/{runs}: {name}", file=sys.stderr, flush=True)
             fn()
 except subprocess.CalledProcessError as e:
@@ -273,17 +276,27 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def pair_ratio(key):
+    """bhyve-rs / QEMU: the median of each run's ratio (the two ran back to
+    back, so the machine's drift between runs cancels) and their range."""
+    r = [b / q for b, q in zip(results["bhyve"][key], results["qemu"][key]) if q]
+    return (statistics.median(r), min(r), max(r)) if r else None
+
+
 print(f"\nvirtio throughput, median of {runs} run(s), {ms} ms windows, "
       f"{time.time() - t0:.0f} s, load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
-hdr = f"{'metric':<40} | {'bhyve-rs':>9} | {'QEMU':>9} | {'host limit':>10} | {'vs QEMU':>7} | {'vs host':>7}"
+hdr = (f"{'metric':<40} | {'bhyve-rs':>9} | {'QEMU':>9} | {'host limit':>10} | {'vs QEMU':>7} | "
+       f"{'(range)':>11} | {'vs host':>7}")
 print(hdr)
 print("-" * len(hdr))
 missed = []
 for key, what, _ in ROWS:
     b, q, h = (med(results[c][key]) for c in ("bhyve", "qemu", "host"))
-    print(f"{what:<40} | {cell(b):>9} | {cell(q):>9} | {cell(h):>10} | {ratio(b, q):>7} | {ratio(b, h):>7}")
-    if b is not None and q and b < q:
-        missed.append(f"{what}: below QEMU ({ratio(b, q)})")
+    pr = pair_ratio(key)
+    vs_q, rng = (f"{pr[0]:.2f}x", f"{pr[1]:.2f}-{pr[2]:.2f}") if pr else ("-", "-")
+    print(f"{what:<40} | {cell(b):>9} | {cell(q):>9} | {cell(h):>10} | {vs_q:>7} | {rng:>11} | {ratio(b, h):>7}")
+    if pr and pr[0] < 1:
+        missed.append(f"{what}: below QEMU ({vs_q}, runs {rng})")
     if key.endswith("_1m") and b is not None and h and b < h / 2:
         missed.append(f"{what}: not within 2x of the host ({ratio(b, h)})")
 print(f"\nwhere each window went, % (median): guest code / kicks (exit + VMM work before the vCPU resumes) / "
