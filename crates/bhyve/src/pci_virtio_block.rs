@@ -4,7 +4,8 @@
 //! direction before any I/O; a bad request completes with IOERR.
 
 use std::io;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use vmmapi::vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -65,39 +66,43 @@ pub struct VtBlk {
     inflight: Arc<Inflight>,
 }
 
-/// A count of requests with the workers that a reset can wait out.
+/// A count of requests with the workers that a reset can wait out.  The
+/// count is atomic, so the virtqueue path takes no lock; only a request
+/// ending while a reset waits touches the condvar.
 #[derive(Default)]
 struct Inflight {
-    n: Mutex<usize>,
+    n: AtomicUsize,
+    resetting: AtomicBool,
+    lock: Mutex<()>,
     idle: Condvar,
 }
 
 impl Inflight {
-    fn lock(&self) -> MutexGuard<'_, usize> {
-        self.n.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn count(&self) -> usize {
-        *self.lock()
+        self.n.load(Ordering::SeqCst)
     }
 
     fn start(&self) {
-        *self.lock() += 1;
+        self.n.fetch_add(1, Ordering::SeqCst);
     }
 
     fn end(&self) {
-        let mut n = self.lock();
-        *n -= 1;
-        if *n == 0 {
+        // SeqCst against wait_idle's: either it sees the count at 0, or
+        // this sees it waiting and wakes it under the lock it waits with.
+        if self.n.fetch_sub(1, Ordering::SeqCst) == 1 && self.resetting.load(Ordering::SeqCst) {
+            let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.idle.notify_all();
         }
     }
 
+    /// One caller at a time (the BAR lock serialises resets).
     fn wait_idle(&self) {
-        let mut n = self.lock();
-        while *n > 0 {
-            n = self.idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.resetting.store(true, Ordering::SeqCst);
+        while self.count() > 0 {
+            g = self.idle.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+        self.resetting.store(false, Ordering::SeqCst);
     }
 }
 
@@ -649,7 +654,8 @@ mod tests {
     /// after it.
     #[test]
     fn vtblk_reset_waits_for_requests_in_flight() {
-        let mut t = rig("reset", &[]);
+        // O_DIRECT: real disk reads, still in flight when the reset comes.
+        let mut t = rig("reset", &[("nocache", "true")]);
         let m = &t.r.mem;
         m.write_slice(&[0xee; 32 << 14], GuestAddress(DATA))
             .unwrap();

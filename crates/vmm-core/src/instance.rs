@@ -470,7 +470,7 @@ pub(crate) mod tests {
             }
             let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
             let pmd: u64 = smaps
-                .split("\n")
+                .lines()
                 .filter_map(|l| l.strip_prefix("ShmemPmdMapped:"))
                 .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
                 .sum();
