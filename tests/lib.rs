@@ -73,6 +73,37 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `ctx`'s instance built in this process with one vCPU and the default
+/// CPUID, vCPU 0 created from its saved state; the run lock is held while
+/// the returned lock lives.
+pub fn build_one_vcpu(ctx: &vmmapi::VmCtx) -> (vmmapi::RunLock, vmmapi::Vm, vmmapi::Vcpu) {
+    let lock = ctx.vm_lock().unwrap();
+    let st = ctx.state().unwrap();
+    let vm = ctx
+        .vm_build(vmmapi::VmConfig {
+            ncpus: 1,
+            cpuid: Default::default(),
+            lenient_msr: false,
+        })
+        .unwrap();
+    let vcpu = vm.create_vcpu(0, st.vcpus.first()).unwrap();
+    (lock, vm, vcpu)
+}
+
+/// A register of `vm`'s vCPU 0 as `bhyvectl --get-REG` prints it.
+pub fn getreg(vm: &str, reg: &str) -> u64 {
+    let o = run(
+        "bhyvectl",
+        &[&format!("--vm={vm}"), &format!("--get-{reg}")],
+    );
+    let out = stdout(&o);
+    let hex = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("--get-{reg}: {out}{}", stderr(&o)));
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
+}
+
 /// Destroys the named instance when dropped, so a failing test cleans up.
 #[derive(Debug)]
 pub struct VmGuard(pub String);

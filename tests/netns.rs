@@ -89,17 +89,7 @@ impl Netns {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             );
             assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval {
-                tv_sec: 1,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
+            set_recv_timeout(&fd, 1);
             fd
         })
     }
@@ -109,4 +99,24 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
+}
+
+/// Let reads of socket `fd` give up (EAGAIN) after `secs` seconds.
+pub fn set_recv_timeout(fd: &OwnedFd, secs: libc::time_t) {
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
+    // SAFETY: a socket option on a socket we own, with a timeval of the
+    // size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
 }

@@ -65,19 +65,6 @@ fn boot(vm: &str, args: &[&str], status: i32) -> String {
 
 const COM1: [&str; 6] = ["-m", "512M", "-s", "31,lpc", "-l", "com1,stdio"];
 
-fn getreg(vm: &str, reg: &str) -> u64 {
-    let o = run(
-        "bhyvectl",
-        &[&format!("--vm={vm}"), &format!("--get-{reg}")],
-    );
-    let out = stdout(&o);
-    let hex = out
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("--get-{reg}: {out}{}", stderr(&o)));
-    u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
-}
-
 /// Walk the preload metadata in guest memory (as the kernel's
 /// preload_search does) and return (record type, payload) pairs.
 fn metadata(vm: &str) -> Vec<(u32, Vec<u8>)> {

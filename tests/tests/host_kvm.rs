@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bhyve_rs_tests::*;
 use vmmapi::vm_memory::{Bytes, GuestAddress};
-use vmmapi::{Suspend, VcpuState, VmConfig, VmEntry, VmExit};
+use vmmapi::{Suspend, VcpuState, VmEntry, VmExit};
 
 // Guest physical layout (identity-mapped; everything below 1 MiB).
 const PML4: u64 = 0x2000;
@@ -266,16 +266,7 @@ fn run_reproducer() -> Result<Outcome, String> {
     ctx.vm_setup_freebsd_registers(0, MAIN, PML4, GDT, KSTACK)
         .unwrap();
 
-    let _lock = ctx.vm_lock().unwrap();
-    let st = ctx.state().unwrap();
-    let vm = ctx
-        .vm_build(VmConfig {
-            ncpus: 1,
-            cpuid: Default::default(),
-            lenient_msr: false,
-        })
-        .unwrap();
-    let mut vcpu = vm.create_vcpu(0, st.vcpus.first()).unwrap();
+    let (_lock, vm, mut vcpu) = build_one_vcpu(&ctx);
     // The guest only stops by itself if it works or faults; a hang (or a
     // harness bug) is ended here and reported as neither.
     let timed_out = Arc::new(AtomicBool::new(false));

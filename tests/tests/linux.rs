@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::images::Scratch;
-use bhyve_rs_tests::netns::Netns;
+use bhyve_rs_tests::netns::{Netns, set_recv_timeout};
 use bhyve_rs_tests::*;
 
 const HOST_IP: &str = "10.0.2.1";
@@ -149,17 +149,7 @@ fn ping(ns: &Netns, dst: &str, size: usize, count: u16) -> Result<usize, String>
                 std::io::Error::last_os_error()
             );
             let fd = OwnedFd::from_raw_fd(fd);
-            let tv = libc::timeval {
-                tv_sec: 5,
-                tv_usec: 0,
-            };
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
+            set_recv_timeout(&fd, 5);
             let mut to: libc::sockaddr_in = std::mem::zeroed();
             to.sin_family = libc::AF_INET as u16;
             to.sin_addr.s_addr = u32::from(dst).to_be();

@@ -13,19 +13,6 @@ use bhyve_rs_tests::*;
 const MB: u64 = 1 << 20;
 const GB: u64 = 1 << 30;
 
-fn getreg(vm: &str, reg: &str) -> u64 {
-    let o = run(
-        "bhyvectl",
-        &[&format!("--vm={vm}"), &format!("--get-{reg}")],
-    );
-    let out = stdout(&o);
-    let hex = out
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("--get-{reg}: {out}{}", stderr(&o)));
-    u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
-}
-
 fn write(dir: &Scratch, name: &str, bytes: &[u8]) -> String {
     let p = dir.path(name);
     fs::write(&p, bytes).unwrap();

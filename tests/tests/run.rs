@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bhyve_rs_tests::*;
-use vmmapi::{Suspend, VmConfig, VmEntry, VmExit};
+use vmmapi::{Suspend, VmEntry, VmExit};
 
 const MB: u64 = 1 << 20;
 
@@ -13,16 +13,7 @@ const MB: u64 = 1 << 20;
 /// values seen on port 0x80 and how the VM stopped.
 fn run_guest(name: &str, answer: u32) -> (Vec<u32>, Suspend) {
     let ctx = vmmapi::vm_open(name).unwrap();
-    let _lock = ctx.vm_lock().unwrap();
-    let st = ctx.state().unwrap();
-    let vm = ctx
-        .vm_build(VmConfig {
-            ncpus: 1,
-            cpuid: Default::default(),
-            lenient_msr: false,
-        })
-        .unwrap();
-    let mut vcpu = vm.create_vcpu(0, st.vcpus.first()).unwrap();
+    let (_lock, vm, mut vcpu) = build_one_vcpu(&ctx);
     vm.handle()
         .spawn_halt_watcher(Duration::from_millis(50))
         .unwrap();
