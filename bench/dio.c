@@ -21,21 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define REQ (1L << 20)
 #define HUGE (2UL << 20)
-
-static unsigned long long now_us(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (unsigned long long)t.tv_sec * 1000000 + (unsigned long long)t.tv_nsec / 1000;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "dio: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 int main(int argc, char **argv)
 {

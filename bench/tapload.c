@@ -40,21 +40,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAXFRAME 1514
 #define BATCH 64
-
-static unsigned long long now_us(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (unsigned long long)t.tv_sec * 1000000 + (unsigned long long)t.tv_nsec / 1000;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "tapload: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 static int tap_open(const char *name)
 {

@@ -218,6 +218,14 @@ static inline void publish(const struct cursor *c, u16 io, u16 q, u64 seen, stru
 	sp->kick += rdtsc() - t;
 }
 
+/* n transfers of len bytes in us: MB/s, transfers per second as `unit`, n */
+static void put_rates(u64 n, u64 len, u64 us, const char *unit)
+{
+	put_rate("MB/s", n * len * 10 / us);
+	put_rate(unit, n * 10000000 / us);
+	kprintf(" n=%lu", n);
+}
+
 static void put_split(u64 total_us, const struct split *sp)
 {
 	kprintf(" us=%lu cpu_us=%lu kick_us=%lu\n", total_us, tsc_us(sp->cpu), tsc_us(sp->kick));
@@ -329,9 +337,8 @@ static void blk_run(const char *name, u32 type, u32 len, int random, u32 qd)
 	cursor_save(&vb.q, &c);
 	u64 us = tsc_us(t1 - t0);
 	kprintf("BENCH vblk %s", name);
-	put_rate("MB/s", n * len * 10 / us);
-	put_rate("IOPS", n * 10000000 / us);
-	kprintf(" n=%lu errors=%lu", n, errors);
+	put_rates(n, len, us, "IOPS");
+	kprintf(" errors=%lu", errors);
 	put_split(us, &sp);
 }
 
@@ -406,9 +413,7 @@ static void net_tx(u32 len)
 	cursor_save(&vn.tx, &c);
 	u64 us = tsc_us(t1 - t0);
 	kprintf("BENCH vnet tx_%u", len);
-	put_rate("MB/s", n * len * 10 / us);
-	put_rate("fps", n * 10000000 / us);
-	kprintf(" n=%lu", n);
+	put_rates(n, len, us, "fps");
 	put_split(us, &sp);
 }
 
@@ -462,9 +467,8 @@ static void net_rx(u32 len)
 	cursor_save(&vn.rx, &c);
 	u64 us = tsc_us(t1 - t0);
 	kprintf("BENCH vnet rx_%u", len);
-	put_rate("MB/s", n * len * 10 / us);
-	put_rate("fps", n * 10000000 / us);
-	kprintf(" n=%lu other=%lu", n, other);
+	put_rates(n, len, us, "fps");
+	kprintf(" other=%lu", other);
 	put_split(us, &sp);
 }
 
