@@ -211,15 +211,14 @@ impl VtBlk {
             }
             _ => return vs.done(&chain, 0),
         };
-        let finish =
-            move |vs: &Virtio, mem: &GuestMemoryMmap, chain: &Chain, st: u8, wrote: u32| {
-                // Checked RAM above; a failure here cannot reach the guest.
-                let _ = mem.write_obj(st, status);
-                vs.done(chain, wrote.saturating_add(1));
-            };
-        let req = match self.parse(vs, &mem, descs) {
+        let finish = move |vs: &Virtio, chain: &Chain, st: u8, wrote: u32| {
+            // Checked RAM above; a failure here cannot reach the guest.
+            let _ = vs.mem().write_obj(st, status);
+            vs.done(chain, wrote.saturating_add(1));
+        };
+        let req = match self.parse(vs, mem, descs) {
             Ok(r) => r,
-            Err(st) => return finish(vs, &mem, &chain, st, 0),
+            Err(st) => return finish(vs, &chain, st, 0),
         };
         let (op, offset, len, iov) = match req {
             Req::Ident(addr, n) => {
@@ -228,7 +227,7 @@ impl VtBlk {
                     Ok(()) => VTBLK_S_OK,
                     Err(_) => VTBLK_S_IOERR,
                 };
-                return finish(vs, &mem, &chain, st, n);
+                return finish(vs, &chain, st, n);
             }
             Req::Io(op, offset, len, iov) => (op, offset, len, iov),
         };
@@ -247,7 +246,7 @@ impl VtBlk {
                     Err(_) => VTBLK_S_IOERR,
                 };
                 let wrote = if st == VTBLK_S_OK { wrote } else { 0 };
-                finish(&vs2, &mem, &chain, st, wrote);
+                finish(&vs2, &chain, st, wrote);
                 inflight.end();
             }),
         });

@@ -265,7 +265,7 @@ fn rx_frame(vs: &Virtio, bytes: &mut [u8], mrg: bool, held: &mut Vec<Chain>) -> 
             },
         };
         // A short chain gets the frame truncated, as readv into it would.
-        let n = scatter(&mem, &rx_room(vs, &c), bytes);
+        let n = scatter(mem, &rx_room(vs, &c), bytes);
         vs.done(&c, n as u32);
         return true;
     }
@@ -289,7 +289,7 @@ fn rx_frame(vs: &Virtio, bytes: &mut [u8], mrg: bool, held: &mut Vec<Chain>) -> 
     bytes[10..VTNET_MRG_HDR_LEN].copy_from_slice(&nbufs.to_le_bytes());
     let mut off = 0;
     for c in held.drain(..) {
-        let n = scatter(&mem, &rx_room(vs, &c), &bytes[off..]);
+        let n = scatter(mem, &rx_room(vs, &c), &bytes[off..]);
         off += n;
         vs.done(&c, n as u32);
     }
@@ -424,7 +424,7 @@ impl VirtioDevice for VtNet {
             VTNET_TXQ => {
                 let mem = vs.mem();
                 while let Some(c) = vs.pop(VTNET_TXQ) {
-                    self.tx(vs, &mem, &c);
+                    self.tx(vs, mem, &c);
                 }
             }
             _ => {}

@@ -115,7 +115,6 @@ struct Vq {
 /// The transport state (`virtio_softc`).
 struct VirtioState {
     name: String,
-    mem: GuestMemoryMmap,
     hv_caps: u64,
     negotiated: u32,
     status: u8,
@@ -171,7 +170,7 @@ impl VirtioState {
     }
 
     /// `vi_vq_init`: the ring at `pfn` for the selected queue.
-    fn vq_init(&mut self, pfn: u32) {
+    fn vq_init(&mut self, mem: &GuestMemoryMmap, pfn: u32) {
         let Some(vq) = self.vqs.get_mut(usize::from(self.curq)) else {
             eprintln!("{}: queue PFN for bad queue {}", self.name, self.curq);
             return;
@@ -199,7 +198,7 @@ impl VirtioState {
         });
         // Past the end of RAM or across the MMIO hole: refuse rather
         // than touch it later.
-        match q.filter(|q| q.is_valid(&self.mem)) {
+        match q.filter(|q| q.is_valid(mem)) {
             Some(q) => vq.q = Some(q),
             None => self.mark_broken(&format!(
                 "queue {} ring at PFN {pfn:#x} is not RAM",
@@ -228,7 +227,12 @@ impl VirtioState {
 /// The transport state shared by the BAR0 handler and the device's
 /// completion paths.
 #[derive(Clone)]
-pub struct Virtio(Arc<Mutex<VirtioState>>);
+pub struct Virtio {
+    st: Arc<Mutex<VirtioState>>,
+    /// Fixed for the VM's life, so the virtqueue paths reach it without
+    /// the lock.
+    mem: GuestMemoryMmap,
+}
 
 impl std::fmt::Debug for Virtio {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,12 +242,12 @@ impl std::fmt::Debug for Virtio {
 
 impl Virtio {
     fn st(&self) -> MutexGuard<'_, VirtioState> {
-        lock(&self.0)
+        lock(&self.st)
     }
 
     /// Guest memory, for the device's buffers.
-    pub fn mem(&self) -> GuestMemoryMmap {
-        self.st().mem.clone()
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// Features the guest accepted.
@@ -267,8 +271,7 @@ impl Virtio {
         }
         let st = &mut *st;
         let q = st.vqs.get_mut(vq)?.q.as_mut()?;
-        let mem = &st.mem;
-        let chain = match q.iter(mem) {
+        let chain = match q.iter(&self.mem) {
             Ok(mut it) => it.next(),
             // The avail index ran more than a ring ahead.
             Err(e) => {
@@ -316,14 +319,14 @@ impl Virtio {
         };
         let msix_idx = vq.msix_idx;
         let Some(q) = vq.q.as_mut() else { return };
-        if let Err(e) = q.add_used(&st.mem, chain.head, len) {
+        if let Err(e) = q.add_used(&self.mem, chain.head, len) {
             st.mark_broken(&format!("queue {}: used ring: {e}", chain.vq));
             return;
         }
         // Neither EVENT_IDX nor NOTIFY_ON_EMPTY is offered: only the
         // avail ring's NO_INTERRUPT flag suppresses it.
         std::sync::atomic::fence(Ordering::SeqCst);
-        let flags: u16 = st
+        let flags: u16 = self
             .mem
             .load(GuestAddress(q.avail_ring()), Ordering::Acquire)
             .unwrap_or(0);
@@ -334,12 +337,11 @@ impl Virtio {
 
     /// True when `[addr, addr + len)` is guest RAM in one piece.
     pub fn is_ram(&self, addr: GuestAddress, len: u64) -> bool {
-        let st = self.st();
         let Ok(l) = usize::try_from(len) else {
             return false;
         };
         addr.checked_add(len).is_some()
-            && st
+            && self
                 .mem
                 .check_range(addr, l, vmmapi::vm_memory::Permissions::Read)
     }
@@ -484,7 +486,7 @@ impl<D: VirtioDevice> BarDevice for VirtioPci<D> {
                 };
                 self.dev.apply_features(neg.into());
             }
-            VIRTIO_PCI_QUEUE_PFN => self.vs.st().vq_init(v),
+            VIRTIO_PCI_QUEUE_PFN => self.vs.st().vq_init(&self.vs.mem, v),
             VIRTIO_PCI_QUEUE_SEL => self.vs.st().curq = v as u16,
             VIRTIO_PCI_QUEUE_NOTIFY => {
                 let vq = v as u16 as usize;
@@ -586,9 +588,8 @@ pub fn new_function<D: VirtioDevice + 'static>(
     // Legacy interrupts are mandatory for virtio devices.
     let intx = f.request_intx(irq);
     let cfg_size = dev.cfg_size() as u64;
-    let vs = Virtio(Arc::new(Mutex::new(VirtioState {
+    let st = Arc::new(Mutex::new(VirtioState {
         name: f.name().to_string(),
-        mem: env.mem.clone(),
         hv_caps: dev.features(),
         negotiated: 0,
         status: 0,
@@ -610,7 +611,11 @@ pub fn new_function<D: VirtioDevice + 'static>(
         msix,
         func: Weak::new(),
         msi: env.msi.clone(),
-    })));
+    }));
+    let vs = Virtio {
+        st,
+        mem: env.mem.clone(),
+    };
     let bar = Arc::new(Mutex::new(VirtioPci {
         vs: vs.clone(),
         dev,
@@ -981,10 +986,7 @@ pub(crate) mod tests {
             (GuestAddress(0x20000), 0x10000),
         ])
         .unwrap();
-        let e = echo();
-        let mut r = Rig::new(e, false);
-        lock(&r.vs.0).mem = mem.clone();
-        r.mem = mem;
+        let r = Rig::with_mem(mem, echo(), false);
         // Descriptors in the last page of the first range, used ring in
         // the hole.
         r.outl(VIRTIO_PCI_QUEUE_PFN, 4, 0xf);
